@@ -1,0 +1,89 @@
+"""BM25 over product titles with bm25s (Lucene IDF), optional Snowball stemming."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .artifact import atomic_dir
+from .eval import Run, tiebreak_keys, top_k
+from .retriever import Retriever, as_queries
+
+
+@dataclass
+class BM25Config:
+    k1: float = 1.2
+    b: float = 0.75
+    stopwords: str | None = "en"
+    stemmer: str | None = None  # a PyStemmer language, e.g. "english"
+    method: str = "lucene"
+    seed: int = 0  # of the tie-breaking hash
+
+
+class BM25Retriever(Retriever):
+    kind = "bm25"
+
+    def __init__(self, **cfg):
+        self.cfg = BM25Config(**cfg)
+        self.model = None
+        self.product_ids: list[str] = []
+
+    def _stemmer(self):
+        if self.cfg.stemmer is None:
+            return None
+        import Stemmer
+
+        try:
+            return Stemmer.Stemmer(self.cfg.stemmer)
+        except KeyError:
+            raise ValueError(f"unknown stemmer language {self.cfg.stemmer!r}; see "
+                             f"Stemmer.algorithms(): {Stemmer.algorithms()}") from None
+
+    def _tokenize(self, texts: list[str], return_ids: bool):
+        import bm25s
+
+        return bm25s.tokenize(texts, stopwords=self.cfg.stopwords, stemmer=self._stemmer(),
+                              return_ids=return_ids, show_progress=False)
+
+    def fit(self, dataset, **_) -> "BM25Retriever":
+        import bm25s
+
+        self.product_ids = dataset.product_ids
+        self.model = bm25s.BM25(k1=self.cfg.k1, b=self.cfg.b, method=self.cfg.method)
+        self.model.index(self._tokenize(dataset.titles, True), show_progress=False)
+        self._keys = tiebreak_keys(self.product_ids, self.cfg.seed)
+        return self
+
+    def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
+        if self.model is None:
+            raise RuntimeError("BM25Retriever.search before fit() or load()")
+        queries = as_queries(queries)
+        tokens = self._tokenize(list(queries.values()), False)
+        run = Run()
+        for qid, toks in tqdm(list(zip(queries, tokens)), desc="bm25", disable=not progress):
+            scores = self.model.get_scores(toks) if toks else np.zeros(len(self.product_ids))
+            scores = np.where(scores > 0, scores, -np.inf)  # unmatched products are not retrieved
+            idx = top_k(scores, k, self._keys, valid_only=True)
+            run.add(qid, [self.product_ids[i] for i in idx], scores[idx])
+        return run
+
+    def save(self, path) -> None:
+        with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg),
+                        n_products=len(self.product_ids)) as tmp:
+            self.model.save(str(tmp / "bm25s"))
+            (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
+
+    @classmethod
+    def _load(cls, path: Path) -> "BM25Retriever":
+        import bm25s
+
+        manifest = json.loads((path / "manifest.json").read_text())
+        self = cls(**manifest["config"])
+        self.model = bm25s.BM25.load(str(path / "bm25s"))
+        self.product_ids = json.loads((path / "product_ids.json").read_text())
+        self._keys = tiebreak_keys(self.product_ids, self.cfg.seed)
+        return self

@@ -1,0 +1,226 @@
+"""The comparison harness: run every configured retriever on the same protocol, fuse,
+and write metrics, tables, TREC runs and plots to ``results/<run>/``."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from .artifact import dir_bytes
+from .data import BUCKETS, Dataset, load_dataset
+from .eval import DEFAULT_METRICS, Run, evaluate, exclusive_recall, rrf
+from .retriever import load_retriever, make_retriever
+
+CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass
+class RowConfig:
+    """One row of the table: a registry retriever (fitted here) or a saved model."""
+
+    name: str
+    retriever: str | None = None  # registry name; defaults to ``name``
+    params: dict = field(default_factory=dict)  # constructor config
+    fit: dict = field(default_factory=dict)  # extra fit() arguments
+    model: str | None = None  # load a saved retriever instead of fitting
+    batch_size: int = 1  # queries per search() call; latency = call time / batch
+
+
+@dataclass
+class FusionConfig:
+    name: str
+    members: list[str]
+    c: float = 60.0
+
+
+@dataclass
+class CompareConfig:
+    name: str = "compare"
+    data: str | None = None
+    split: str = "test"
+    k: int = 1000
+    max_queries: int | None = None  # seeded sample of the split's evaluated queries
+    max_train_queries: int | None = None  # seeded sample of train queries kept for fitting
+    n_products: int | None = None  # catalog subset (keeps the labelled products)
+    seed: int = 0
+    exclusive_k: int = 100
+    retrievers: list[RowConfig] = field(default_factory=list)
+    fusion: list[FusionConfig] = field(default_factory=list)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "CompareConfig":
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        try:
+            raw["retrievers"] = [RowConfig(**r) for r in raw.get("retrievers", [])]
+            raw["fusion"] = [FusionConfig(**f) for f in raw.get("fusion", [])]
+        except TypeError as e:
+            raise ValueError(f"{path}: bad retriever/fusion entry ({e})") from None
+        if not raw["retrievers"]:
+            raise ValueError(f"{path}: lists no retrievers")
+        return cls(**raw)
+
+
+def _sample(qids: list[str], n: int | None, seed: int) -> list[str]:
+    if n is None or n >= len(qids):
+        return qids
+    return sorted(qids, key=lambda q: hashlib.sha1(f"{seed}:{q}".encode()).digest())[:n]
+
+
+def prepare(cfg: CompareConfig, dataset: Dataset) -> tuple[Dataset, list[str]]:
+    """The dataset the rows see (possibly subsampled) and the evaluated query ids."""
+    eval_q = _sample(dataset.split(cfg.split), cfg.max_queries, cfg.seed)
+    if cfg.max_queries is None and cfg.max_train_queries is None and cfg.n_products is None:
+        return dataset, eval_q
+    keep = set(eval_q)
+    for s in ("train", "dev"):
+        if s != cfg.split:
+            keep |= set(_sample(dataset.split(s, evaluated_only=False),
+                                cfg.max_train_queries, cfg.seed))
+    return dataset.subset(sorted(keep), cfg.n_products, cfg.seed), eval_q
+
+
+def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path) -> tuple[Run, dict]:
+    """Fit (or load), search with timing, and save one row's retriever."""
+    t0 = time.perf_counter()
+    if row.model:
+        retriever = load_retriever(row.model)
+    else:
+        retriever = make_retriever(row.retriever or row.name, **row.params).fit(dataset, **row.fit)
+    fit_s = time.perf_counter() - t0
+    run, lat = Run(), []
+    batches = [qids[i:i + row.batch_size] for i in range(0, len(qids), row.batch_size)]
+    for batch in tqdm(batches, desc=row.name, leave=False):
+        t = time.perf_counter()
+        run.update(retriever.search({q: dataset.queries[q] for q in batch}, k))
+        lat += [(time.perf_counter() - t) * 1000 / len(batch)] * len(batch)
+    model_dir = out / "models" / row.name
+    retriever.save(model_dir)
+    return run, {"fit_seconds": fit_s, "latency_ms_p50": float(np.percentile(lat, 50)),
+                 "latency_ms_p95": float(np.percentile(lat, 95)),
+                 "index_bytes": dir_bytes(model_dir)}
+
+
+def recall_curve(run: Run, dataset: Dataset, qids: list[str]) -> list[float]:
+    return [float(np.mean([len(set(run[q].ids[:k] if q in run else []) & set(dataset.relevant(q)))
+                           / len(dataset.relevant(q)) for q in qids])) for k in CURVE_KS]
+
+
+def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path = "results/compare") -> list[dict]:
+    """Run the comparison; write ``metrics.json``, ``table.md``, ``table.csv``,
+    ``runs/*.trec`` and plots under ``out``; return the metric entries."""
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    dataset = dataset or load_dataset(cfg.data)
+    view, qids = prepare(cfg, dataset)
+    runs: dict[str, Run] = {}
+    entries = []
+    for row in cfg.retrievers:
+        run, cost = run_row(row, view, qids, cfg.k, out)
+        runs[row.name] = run
+        entries.append({"name": row.name, **cost})
+    for fu in cfg.fusion:
+        missing = [m for m in fu.members if m not in runs]
+        if missing:
+            raise ValueError(f"fusion {fu.name!r} names rows {missing} that the config does not run")
+        runs[fu.name] = rrf([runs[m] for m in fu.members], cfg.k, fu.c)
+        entries.append({"name": fu.name, "members": fu.members, "fit_seconds": None,
+                        "latency_ms_p50": None, "latency_ms_p95": None, "index_bytes": None})
+    excl = exclusive_recall({e["name"]: runs[e["name"]] for e in entries if "members" not in e},
+                            view, qids, cfg.exclusive_k)
+    for e in entries:
+        runs[e["name"]].write_trec(out / "runs" / f"{e['name']}.trec", e["name"])
+        ev = evaluate(runs[e["name"]], view, qids)
+        e.update(metrics=ev["overall"], buckets=ev["buckets"],
+                 recall_curve=dict(zip(map(str, CURVE_KS), recall_curve(runs[e["name"]], view, qids))),
+                 exclusive_recall=excl.get(e["name"]))
+    meta = {"config": asdict(cfg), "dataset": view.summary(), "n_queries": len(qids),
+            "query_ids": qids}
+    write_results(entries, meta, out)
+    return entries
+
+
+def table_markdown(entries: list[dict], meta: dict) -> str:
+    ms = DEFAULT_METRICS
+    lines = [f"### {meta['config']['name']}: {meta['dataset']['name']}, split "
+             f"{meta['config']['split']}, {meta['n_queries']} queries, "
+             f"{meta['dataset']['products']} products",
+             "",
+             "| retriever | " + " | ".join(ms) + " | excl.R@" + str(meta["config"]["exclusive_k"])
+             + " | ms/q p50 | ms/q p95 | index MB | fit s |",
+             "|---" * (len(ms) + 6) + "|"]
+    fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
+    for e in entries:
+        lines.append(f"| {e['name']} | " + " | ".join(f"{e['metrics'][m]:.4f}" for m in ms)
+                     + f" | {fmt(e['exclusive_recall'], '.4f')} | {fmt(e['latency_ms_p50'], '.1f')}"
+                     f" | {fmt(e['latency_ms_p95'], '.1f')}"
+                     f" | {fmt(None if e['index_bytes'] is None else e['index_bytes'] / 1e6, '.1f')}"
+                     f" | {fmt(e['fit_seconds'], '.1f')} |")
+    lines += ["", "Per bucket (R@10 / R@100 / R@1000, n queries):", "",
+              "| retriever | " + " | ".join(f"{b} (n={entries[0]['buckets'][b]['n_queries']})"
+                                          for b in BUCKETS) + " |",
+              "|---" * 4 + "|"]
+    for e in entries:
+        cells = [" / ".join(f"{e['buckets'][b][m]:.3f}" for m in ("R@10", "R@100", "R@1000"))
+                 for b in BUCKETS]
+        lines.append(f"| {e['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(entries: list[dict], meta: dict, out: Path) -> str:
+    """Write metrics.json, table.md, table.csv and the plots; return the markdown."""
+    (out / "metrics.json").write_text(json.dumps({"meta": meta, "retrievers": entries}, indent=2))
+    md = table_markdown(entries, meta)
+    (out / "table.md").write_text(md)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    cols = list(DEFAULT_METRICS)
+    w.writerow(["retriever", "bucket", *cols, "n_queries", "exclusive_recall", "latency_ms_p50",
+                "latency_ms_p95", "index_bytes", "fit_seconds"])
+    for e in entries:
+        for b, m in [("all", e["metrics"])] + [(b, e["buckets"][b]) for b in BUCKETS]:
+            w.writerow([e["name"], b, *(m[c] for c in cols), m["n_queries"], e["exclusive_recall"],
+                        e["latency_ms_p50"], e["latency_ms_p95"], e["index_bytes"], e["fit_seconds"]])
+    (out / "table.csv").write_text(buf.getvalue())
+    plot_results(entries, out)
+    return md
+
+
+def plot_results(entries: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for e in entries:
+        ax.plot(CURVE_KS, [e["recall_curve"][str(k)] for k in CURVE_KS], marker="o", ms=3, label=e["name"])
+    ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title="Recall@K")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "recall_at_k.png", dpi=120)
+    plt.close(fig)
+    timed = [e for e in entries if e["latency_ms_p50"] is not None]
+    if timed:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for e in timed:
+            ax.scatter(e["latency_ms_p50"], e["metrics"]["R@100"])
+            ax.annotate(e["name"], (e["latency_ms_p50"], e["metrics"]["R@100"]), fontsize=8)
+        ax.set(xscale="log", xlabel="latency ms/query (p50)", ylabel="R@100", title="Recall vs latency")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "recall_vs_latency.png", dpi=120)
+        plt.close(fig)
