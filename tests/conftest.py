@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from genret.data import default_data_path, synthetic_dataset
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def homedepot():
+    """The real Home Depot dataset; tests needing it skip (saying why) when it is absent."""
+    from genret.data import load_dataset
+
+    path = default_data_path()
+    if path is None or not Path(path).exists():
+        pytest.skip("Home Depot data not found: set GENRET_DATA or put it in ../shared/data/homedepot/")
+    return load_dataset(path)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    return synthetic_dataset()
+
+
+def write_tsv_dataset(ds, d: Path) -> Path:
+    """Write a Dataset in the TSV directory layout."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "products.tsv").write_text("product_id\ttitle\n" + "".join(
+        f"{p}\t{t}\n" for p, t in ds.catalog.items()))
+    (d / "queries.tsv").write_text("query_id\tquery\tsplit\n" + "".join(
+        f"{q}\t{t}\t{ds.query_split[q]}\n" for q, t in ds.queries.items()))
+    (d / "qrels.tsv").write_text("query_id\tproduct_id\trelevance\n" + "".join(
+        f"{q}\t{p}\t{g}\n" for q, rel in ds.qrels.items() for p, g in rel.items()))
+    return d
+
+
+@pytest.fixture
+def synthetic_dir(tmp_path, synthetic):
+    return write_tsv_dataset(synthetic, tmp_path / "synthetic")

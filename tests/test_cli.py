@@ -1,0 +1,69 @@
+"""The CLI contract: `genret eval --json` and `genret compare` outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genret.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_eval_json(synthetic_dir, capsys):
+    assert main(["eval", "--data", str(synthetic_dir), "--threshold", "2.5",
+                 "--retriever", "bm25", "--split", "test", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("R@10", "R@100", "R@1000", "MRR@10", "NDCG@10", "n_queries"):
+        assert isinstance(out[key], (int, float))
+    assert out["n_queries"] > 0 and 0 < out["R@100"] <= 1
+
+
+def test_eval_table_has_bucket_rows(synthetic_dir, capsys):
+    assert main(["eval", "--data", str(synthetic_dir), "--threshold", "2.5",
+                 "--retriever", "bm25-stem", "--split", "dev"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| all |", "| head |", "| torso |", "| tail |"):
+        assert row in out
+
+
+def test_eval_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path / "nope"), "--retriever", "bm25"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "Traceback" not in err
+
+
+def test_compare_writes_everything(synthetic_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\nsplit: test\nk: 100\nretrievers:\n  - name: bm25\n  - name: bm25-stem\n"
+                   "fusion:\n  - name: rrf\n    members: [bm25, bm25-stem]\n")
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(cfg), "--data", str(synthetic_dir),
+                 "--threshold", "2.5", "--out", str(out)]) == 0
+    assert "| bm25-stem |" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [e["name"] for e in metrics["retrievers"]]
+    assert names == ["bm25", "bm25-stem", "rrf"]
+    e = metrics["retrievers"][0]
+    for key in ("metrics", "buckets", "latency_ms_p50", "latency_ms_p95", "index_bytes", "fit_seconds"):
+        assert key in e
+    assert set(e["buckets"]) == {"head", "torso", "tail"}
+    for f in ("table.md", "table.csv", "recall_at_k.png", "runs/bm25.trec", "runs/rrf.trec"):
+        assert (out / f).stat().st_size > 0
+
+
+def test_compare_rejects_unknown_config_keys(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\nretreivers: []\n")
+    assert main(["compare", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown keys" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("genret")
+    if not exe.exists():
+        pytest.skip("console script not installed (run `make test`, which installs the package)")
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0 and "compare" in res.stdout
