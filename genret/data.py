@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import zipfile
@@ -168,15 +169,22 @@ def default_data_path() -> Path | None:
     return None
 
 
+_LAYOUTS = "expected a Home Depot train.csv(.zip) (or a directory holding one), " \
+           "or a directory with products.tsv (TSV), corpus.jsonl (BEIR), " \
+           "shopping_queries_dataset_examples.parquet (ESCI), product.csv + label.csv " \
+           "(WANDS) or corpus.tsv (Multi-CPR)"
+
+
 def load_dataset(path: str | os.PathLike | None = None, threshold: float | None = None) -> Dataset:
     """Load a dataset, choosing the format from what ``path`` holds.
 
-    - ``*.csv`` / ``*.zip`` with Home Depot columns -> :func:`load_homedepot`
+    - a file (``*.csv`` / ``*.zip`` with Home Depot columns) -> :func:`load_homedepot`
     - a directory with ``products.tsv`` -> :func:`load_tsv_dir`
     - a directory with ``corpus.jsonl`` -> :func:`load_beir`
     - a directory with ``shopping_queries_dataset_examples.parquet`` -> :func:`load_esci`
-    - a directory with ``product.csv`` and ``label.csv`` -> :func:`load_wands`
-    - a directory with ``corpus.tsv`` and ``*.query.txt`` -> :func:`load_multicpr`
+    - a directory with ``label.csv`` -> :func:`load_wands`
+    - a directory with ``corpus.tsv`` -> :func:`load_multicpr`
+    - a directory with ``train.csv.zip`` or ``train.csv`` -> :func:`load_homedepot`
     """
     if path is None:
         path = default_data_path()
@@ -193,26 +201,88 @@ def load_dataset(path: str | os.PathLike | None = None, threshold: float | None 
                            ("label.csv", load_wands), ("corpus.tsv", load_multicpr)):
         if (p / marker).exists():
             return loader(p, threshold)
-    raise DataError(f"{p}: not a known dataset layout; expected a Home Depot train.csv(.zip), "
-                    "or a directory with products.tsv (TSV), corpus.jsonl (BEIR), "
-                    "shopping_queries_dataset_examples.parquet (ESCI), label.csv (WANDS) "
-                    "or corpus.tsv (Multi-CPR)")
+    for name in ("train.csv.zip", "train.csv"):
+        if (p / name).is_file():
+            return load_homedepot(p / name, threshold)
+    raise DataError(f"{p}: not a known dataset layout; {_LAYOUTS}")
 
 
 def _split_all(queries: dict[str, str]) -> dict[str, str]:
     return {q: protocol_split(t) for q, t in queries.items()}
 
 
+def _need_file(path: Path, fix: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (or not a file); {fix}")
+
+
+def _grade(value, where: str, column: str = "relevance") -> float:
+    """A finite numeric grade, or a DataError that says where and what was found."""
+    try:
+        g = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: {column} {value!r} is not a number; "
+                        "grades must be numeric (e.g. 0, 1, 2.5)") from None
+    if not math.isfinite(g):
+        raise DataError(f"{where}: {column} {value!r} is not a finite number; "
+                        "grades must be numeric (e.g. 0, 1, 2.5)")
+    return g
+
+
+def _decode_utf8(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raw = path.read_bytes()
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte {raw[e.start]:#04x}); "
+                        "re-save the file as UTF-8") from None
+
+
+class _Labels:
+    """Collects graded labels, checking each against the catalog and the queries so that
+    an error names the labels file and line (and the file that lacks the id)."""
+
+    def __init__(self, catalog: dict[str, str], queries: dict[str, str],
+                 catalog_src: str, queries_src: str) -> None:
+        self.catalog, self.queries = catalog, queries
+        self.catalog_src, self.queries_src = catalog_src, queries_src
+        self.qrels: dict[str, dict[str, float]] = {}
+        self._where: dict[tuple[str, str], str] = {}
+
+    def add(self, qid: str, pid: str, grade: float, where: str) -> None:
+        if not qid or not pid:
+            raise DataError(f"{where}: empty {'query' if not qid else 'product'} id; "
+                            "every label needs a query id and a product id")
+        if pid not in self.catalog:
+            raise DataError(f"{where}: product {pid!r} is not in {self.catalog_src}; "
+                            "add the product or remove the label")
+        if qid not in self.queries:
+            raise DataError(f"{where}: query {qid!r} is not in {self.queries_src}; "
+                            "add the query or remove the label")
+        rel = self.qrels.setdefault(qid, {})
+        if pid in rel and rel[pid] != grade:
+            raise DataError(f"{where}: ({qid!r}, {pid!r}) is labelled {grade} here but "
+                            f"{rel[pid]} at {self._where[qid, pid]}; keep one label per pair")
+        rel[pid] = grade
+        self._where[qid, pid] = where
+
+
 def _read_homedepot_text(path: Path) -> str:
+    _need_file(path, "pass the Home Depot train.csv or train.csv.zip "
+                     "(../shared/data/homedepot/train.csv.zip)")
     raw: bytes
-    if path.suffix == ".zip":
+    if path.suffix.lower() == ".zip":
         try:
             with zipfile.ZipFile(path) as zf:
-                members = [n for n in zf.namelist() if n.endswith(".csv")]
+                members = [n for n in zf.namelist() if n.lower().endswith(".csv")
+                           and not n.startswith("__MACOSX/") and not Path(n).name.startswith(".")]
                 if not members:
-                    raise DataError(f"{path}: the zip holds no .csv member")
+                    raise DataError(f"{path}: the zip holds no .csv member (it has "
+                                    f"{zf.namelist()[:5]}); it should contain train.csv")
+                members.sort(key=lambda n: (Path(n).name != "train.csv", n))
                 raw = zf.read(members[0])
-        except zipfile.BadZipFile as e:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
             raise DataError(f"{path}: not a readable zip ({e}); re-download the file") from None
     else:
         raw = path.read_bytes()
@@ -220,170 +290,298 @@ def _read_homedepot_text(path: Path) -> str:
 
 
 def load_homedepot(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
-    """The Home Depot ``train.csv`` (or its zip): latin-1; first title variant per
-    product_uid; one query per distinct ``search_term``."""
+    """The Home Depot ``train.csv`` (or its zip): latin-1; one product per product_uid
+    with its first title variant; one query per distinct ``search_term``.
+
+    Rows are taken in the order of the ``id`` column (the file's own order) when it is
+    present, so shuffling the rows changes nothing: not the title kept for a duplicated
+    product_uid, not the order of the catalog.
+    """
     path = Path(path)
-    rows = csv.reader(io.StringIO(_read_homedepot_text(path)))
-    header = next(rows, None)
+    reader = csv.reader(io.StringIO(_read_homedepot_text(path)))
+    header = next(reader, None)
     need = ["product_uid", "product_title", "search_term", "relevance"]
     if header is None or any(c not in header for c in need):
         raise DataError(f"{path}: expected columns {need} in the header, found {header}; "
                         "is this the Home Depot train.csv?")
     col = {c: header.index(c) for c in need}
+    id_col = header.index("id") if "id" in header else None
+    width = max(col.values()) + 1 if id_col is None else max(max(col.values()), id_col) + 1
+    rows: list[tuple[int, int, list[str]]] = []  # (order key, line, row)
+    seen_ids: dict[int, int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        if len(row) < width:
+            raise DataError(f"{path}: line {line} has {len(row)} fields, expected "
+                            f"{len(header)} ({', '.join(header)}); fix or remove the row")
+        key = len(rows)
+        if id_col is not None:
+            try:
+                key = int(row[id_col])
+            except ValueError:
+                raise DataError(f"{path}: line {line} has id {row[id_col]!r}, not an integer; "
+                                "the id column orders the rows") from None
+            if key in seen_ids:
+                raise DataError(f"{path}: line {line} repeats id {key} (first on line "
+                                f"{seen_ids[key]}); ids must be unique")
+            seen_ids[key] = line
+        rows.append((key, line, row))
+    if not rows:
+        raise DataError(f"{path}: no data rows below the header")
+    rows.sort(key=lambda r: r[0])
     catalog: dict[str, str] = {}
     queries: dict[str, str] = {}
     qrels: dict[str, dict[str, float]] = {}
-    for line_no, row in enumerate(rows, start=2):
-        try:
-            pid, title = row[col["product_uid"]].strip(), row[col["product_title"]]
-            query, grade = row[col["search_term"]], float(row[col["relevance"]])
-        except (IndexError, ValueError):
-            raise DataError(f"{path}: row {line_no} is malformed ({row[:5]}); expected "
-                            "product_uid, product_title, search_term and a numeric relevance")
-        if not pid or not query:
-            raise DataError(f"{path}: row {line_no} has an empty product_uid or search_term")
-        catalog.setdefault(pid, title)
+    for _, line, row in rows:
+        where = f"{path}: line {line}"
+        pid, query = row[col["product_uid"]].strip(), row[col["search_term"]]
+        for name, value in (("product_uid", pid), ("search_term", query)):
+            if not value.strip():
+                raise DataError(f"{where}: empty {name}; every row needs a product_uid and a "
+                                "search_term (fix or remove the row)")
+        grade = _grade(row[col["relevance"]], where)
+        catalog.setdefault(pid, row[col["product_title"]])
         qid = query_id(query)
-        queries[qid] = query
-        qrels.setdefault(qid, {})[pid] = grade
-    if not catalog:
-        raise DataError(f"{path}: no data rows")
+        if queries.setdefault(qid, query) != query:
+            raise DataError(f"{where}: query id {qid} collides for {queries[qid]!r} and "
+                            f"{query!r}; report this (query_id needs more hash digits)")
+        rel = qrels.setdefault(qid, {})
+        if pid in rel and rel[pid] != grade:
+            raise DataError(f"{where}: ({query!r}, product_uid {pid}) is labelled twice with "
+                            f"different grades ({rel[pid]} and {grade}); keep one")
+        rel[pid] = grade
     return Dataset("homedepot", catalog, queries, qrels,
                    DEFAULT_THRESHOLD["homedepot"] if threshold is None else threshold,
                    _split_all(queries))
 
 
-def _read_tsv(path: Path, need: list[str]) -> list[dict[str, str]]:
-    if not path.exists():
-        raise DataError(f"{path}: missing; the TSV layout needs products.tsv, queries.tsv, qrels.tsv")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8; re-save the file as UTF-8") from None
+def _read_tsv(path: Path, need: list[str], fix: str = "") -> list[tuple[int, dict[str, str]]]:
+    """Rows of a tab-separated file with a header, as (line number, row). Checks that the
+    header has the ``need`` columns, that every row has them, and that id columns (those
+    whose name ends in ``id``) are non-empty. Values are returned stripped of
+    surrounding whitespace only for the id columns."""
+    _need_file(path, fix or f"it should be a tab-separated file with columns {need}")
+    text = _decode_utf8(path)
     reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     if reader.fieldnames is None or any(c not in reader.fieldnames for c in need):
-        raise DataError(f"{path}: expected header columns {need}, found {reader.fieldnames}")
-    rows = list(reader)
-    for i, r in enumerate(rows, start=2):
-        if any(not (r.get(c) or "").strip() for c in need[:1]):
-            raise DataError(f"{path}: line {i} has an empty {need[0]}")
+        raise DataError(f"{path}: expected tab-separated header columns {need}, found "
+                        f"{reader.fieldnames}; fix the header (the file must be tab-separated)")
+    ids = [c for c in need if c.lower().endswith("id")]
+    rows = []
+    for r in reader:
+        line = reader.line_num
+        short = [c for c in need if r.get(c) is None]
+        if short:
+            raise DataError(f"{path}: line {line} has no value for {short} (too few "
+                            "tab-separated fields); fix or remove the row")
+        for c in ids:
+            r[c] = r[c].strip()
+            if not r[c]:
+                raise DataError(f"{path}: line {line} has an empty {c}; every row needs one")
+        rows.append((line, r))
     return rows
 
 
-def _unique(rows: list[dict[str, str]], key: str, value: str, path: Path) -> dict[str, str]:
+def _unique(rows: list[tuple[int, dict[str, str]]], key: str, value: str,
+            path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    for i, r in enumerate(rows, start=2):
-        k = r[key].strip()
+    first: dict[str, int] = {}
+    for line, r in rows:
+        k = r[key]
         if k in out:
-            raise DataError(f"{path}: line {i} repeats {key} {k!r}; ids must be unique")
-        out[k] = r[value] or ""
+            raise DataError(f"{path}: line {line} repeats {key} {k!r} (first on line "
+                            f"{first[k]}); ids must be unique")
+        out[k], first[k] = r.get(value) or "", line
     return out
 
 
 def load_tsv_dir(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
     """``products.tsv`` (product_id, title[, description]), ``queries.tsv`` (query_id,
-    query[, split][, frequency]), ``qrels.tsv`` (query_id, product_id, relevance)."""
+    query[, split][, frequency]), ``qrels.tsv`` (query_id, product_id, relevance).
+    UTF-8, tab-separated, one header line, no quoting. Default threshold 1."""
     d = Path(path)
-    prows = _read_tsv(d / "products.tsv", ["product_id", "title"])
-    qrows = _read_tsv(d / "queries.tsv", ["query_id", "query"])
-    rrows = _read_tsv(d / "qrels.tsv", ["query_id", "product_id", "relevance"])
+    fix = "the TSV layout needs products.tsv, queries.tsv and qrels.tsv"
+    prows = _read_tsv(d / "products.tsv", ["product_id", "title"], fix)
+    qrows = _read_tsv(d / "queries.tsv", ["query_id", "query"], fix)
+    rrows = _read_tsv(d / "qrels.tsv", ["query_id", "product_id", "relevance"], fix)
     catalog = _unique(prows, "product_id", "title", d / "products.tsv")
-    descriptions = ({r["product_id"].strip(): r.get("description") or "" for r in prows}
-                    if prows and "description" in prows[0] else {})
+    descriptions = ({r["product_id"]: r.get("description") or "" for _, r in prows}
+                    if prows and "description" in prows[0][1] else {})
     queries = _unique(qrows, "query_id", "query", d / "queries.tsv")
-    split = ({r["query_id"].strip(): r["split"].strip() for r in qrows}
-             if qrows and "split" in qrows[0] else _split_all(queries))
-    bad = [(q, s) for q, s in split.items() if s not in SPLITS]
-    if bad:
-        raise DataError(f"{d / 'queries.tsv'}: query {bad[0][0]!r} has split {bad[0][1]!r}; "
-                        "use train, dev or test")
-    freq = ({r["query_id"].strip(): float(r["frequency"] or 0) for r in qrows}
-            if qrows and "frequency" in qrows[0] else None)
-    qrels: dict[str, dict[str, float]] = {}
-    for i, r in enumerate(rrows, start=2):
-        try:
-            grade = float(r["relevance"])
-        except ValueError:
-            raise DataError(f"{d / 'qrels.tsv'}: line {i} has relevance {r['relevance']!r}, "
-                            "not a number") from None
-        qrels.setdefault(r["query_id"].strip(), {})[r["product_id"].strip()] = grade
-    return Dataset(d.name, catalog, queries, qrels, 1.0 if threshold is None else threshold,
+    if qrows and "split" in qrows[0][1]:
+        split = {}
+        for line, r in qrows:
+            s = (r.get("split") or "").strip()
+            if s not in SPLITS:
+                raise DataError(f"{d / 'queries.tsv'}: line {line}: query {r['query_id']!r} has "
+                                f"split {s!r}; use train, dev or test (or drop the split "
+                                "column to use the sha1 rule)")
+            split[r["query_id"]] = s
+    else:
+        split = _split_all(queries)
+    freq = None
+    if qrows and "frequency" in qrows[0][1]:
+        freq = {r["query_id"]: _grade(r.get("frequency") or 0, f"{d / 'queries.tsv'}: line {line}",
+                                      "frequency") for line, r in qrows}
+    labels = _Labels(catalog, queries, str(d / "products.tsv"), str(d / "queries.tsv"))
+    for line, r in rrows:
+        where = f"{d / 'qrels.tsv'}: line {line}"
+        labels.add(r["query_id"], r["product_id"], _grade(r["relevance"], where), where)
+    return Dataset(d.name, catalog, queries, labels.qrels, 1.0 if threshold is None else threshold,
                    split, descriptions, freq)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise DataError(f"{path}: missing")
+def _read_jsonl(path: Path, fix: str) -> list[tuple[int, dict]]:
+    _need_file(path, fix)
     out = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})") from None
+    for i, line in enumerate(_decode_utf8(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {i} is not valid JSON ({e.msg}); "
+                                "one JSON object per line") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {i} is a JSON {type(obj).__name__}, not an "
+                                "object; one JSON object per line")
+            out.append((i, obj))
     return out
+
+
+def _jsonl_id(obj: dict, path: Path, line: int, seen: dict[str, int]) -> str:
+    if obj.get("_id") is None or not str(obj["_id"]).strip():
+        raise DataError(f"{path}: line {line} has no _id (or an empty one); every line needs one")
+    k = str(obj["_id"]).strip()
+    if k in seen:
+        raise DataError(f"{path}: line {line} repeats _id {k!r} (first on line {seen[k]}); "
+                        "ids must be unique")
+    seen[k] = line
+    return k
 
 
 def load_beir(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
     """BEIR layout: ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text),
-    ``qrels/{train,dev,test}.tsv`` (query-id, corpus-id, score). The qrels file names
-    the split; a query in none of them is split by the sha1 rule."""
+    ``qrels/{train,dev,test}.tsv`` (header ``query-id corpus-id score``). The title is
+    the product text (the body ``text`` when the title is empty); ``text`` is also kept
+    as the description. The qrels file names the split of its queries (a query in two
+    files is an error); a query in none of them is split by the sha1 rule. Default
+    threshold 1."""
     d = Path(path)
+    fix = "the BEIR layout needs corpus.jsonl, queries.jsonl and qrels/{train,dev,test}.tsv"
     catalog, descriptions, queries = {}, {}, {}
-    for i, doc in enumerate(_read_jsonl(d / "corpus.jsonl"), start=1):
-        if "_id" not in doc:
-            raise DataError(f"{d / 'corpus.jsonl'}: line {i} has no _id")
-        catalog[str(doc["_id"])] = doc.get("title") or doc.get("text", "")
-        descriptions[str(doc["_id"])] = doc.get("text", "")
-    for i, q in enumerate(_read_jsonl(d / "queries.jsonl"), start=1):
-        if "_id" not in q or "text" not in q:
-            raise DataError(f"{d / 'queries.jsonl'}: line {i} needs _id and text")
-        queries[str(q["_id"])] = q["text"]
-    qrels: dict[str, dict[str, float]] = {}
-    split = _split_all(queries)
+    seen: dict[str, int] = {}
+    for i, doc in _read_jsonl(d / "corpus.jsonl", fix):
+        pid = _jsonl_id(doc, d / "corpus.jsonl", i, seen)
+        catalog[pid] = str(doc.get("title") or doc.get("text") or "")
+        descriptions[pid] = str(doc.get("text") or "")
+    seen = {}
+    for i, q in _read_jsonl(d / "queries.jsonl", fix):
+        qid = _jsonl_id(q, d / "queries.jsonl", i, seen)
+        if "text" not in q:
+            raise DataError(f"{d / 'queries.jsonl'}: line {i} has no text; every query needs one")
+        queries[qid] = str(q["text"])
     files = [f for f in ((d / "qrels" / f"{s}.tsv") for s in SPLITS) if f.exists()]
     if not files:
-        raise DataError(f"{d / 'qrels'}: no train.tsv, dev.tsv or test.tsv")
+        raise DataError(f"{d / 'qrels'}: no train.tsv, dev.tsv or test.tsv; {fix}")
+    split = _split_all(queries)
+    labelled_in: dict[str, Path] = {}
+    labels = _Labels(catalog, queries, str(d / "corpus.jsonl"), str(d / "queries.jsonl"))
     for f in files:
-        for r in _read_tsv(f, ["query-id", "corpus-id", "score"]):
-            qid = r["query-id"].strip()
-            qrels.setdefault(qid, {})[r["corpus-id"].strip()] = float(r["score"])
+        for line, r in _read_tsv(f, ["query-id", "corpus-id", "score"], fix):
+            where = f"{f}: line {line}"
+            qid = r["query-id"]
+            if labelled_in.setdefault(qid, f) != f:
+                raise DataError(f"{where}: query {qid!r} is also labelled in {labelled_in[qid]}; "
+                                "a query belongs to one split")
+            labels.add(qid, r["corpus-id"], _grade(r["score"], where, "score"), where)
             split[qid] = f.stem
-    return Dataset(d.name, catalog, queries, qrels, 1.0 if threshold is None else threshold,
+    return Dataset(d.name, catalog, queries, labels.qrels, 1.0 if threshold is None else threshold,
                    split, descriptions)
 
 
 ESCI_GRADES = {"E": 3.0, "S": 2.0, "C": 1.0, "I": 0.0}
+ESCI_EXAMPLES = "shopping_queries_dataset_examples.parquet"
+ESCI_PRODUCTS = "shopping_queries_dataset_products.parquet"
+
+
+def _read_parquet(path: Path, need: list[str]):
+    import pandas as pd
+
+    _need_file(path, f"the ESCI layout needs {ESCI_EXAMPLES} and {ESCI_PRODUCTS}")
+    try:
+        df = pd.read_parquet(path, columns=None)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e}); "
+                        "re-download it") from None
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: lacks columns {missing} (has {list(df.columns)}); "
+                        "is this the Shopping Queries dataset file?")
+    return df
+
+
+def _str_ids(series, path: Path, column: str) -> list[str]:
+    """A parquet column as stripped strings; an empty or missing value is a DataError
+    that names the (0-based) row."""
+    out = ["" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+           for v in series.tolist()]
+    for row, v in zip(series.index.tolist(), out):
+        if not v:
+            raise DataError(f"{path}: row {row} has an empty {column}; every row needs one")
+    return out
 
 
 def load_esci(path: str | os.PathLike, threshold: float | None = None,
               locale: str = "us") -> Dataset:
     """Amazon Shopping Queries (ESCI) parquet files. Grades E=3, S=2, C=1, I=0 (default
-    threshold 3: Exact only). The file's ``split`` column gives train/test; dev is
-    carved out of train by the sha1 rule (h == 1)."""
-    import pandas as pd
-
+    threshold 3: Exact only). All examples of the locale are used (the large version).
+    The file's ``split`` column gives train/test; dev is carved out of train by the
+    sha1 rule (h == 1). Rows in errors are 0-based parquet row numbers."""
     d = Path(path)
-    ex = pd.read_parquet(d / "shopping_queries_dataset_examples.parquet")
-    pr = pd.read_parquet(d / "shopping_queries_dataset_products.parquet")
-    need = {"query_id", "query", "product_id", "esci_label", "split", "product_locale"}
-    if not need <= set(ex.columns):
-        raise DataError(f"{d}: examples parquet lacks columns {sorted(need - set(ex.columns))}")
+    ex_path, pr_path = d / ESCI_EXAMPLES, d / ESCI_PRODUCTS
+    ex = _read_parquet(ex_path, ["query_id", "query", "product_id", "product_locale",
+                                 "esci_label", "split"])
+    pr = _read_parquet(pr_path, ["product_id", "product_title", "product_locale"])
+    locales = sorted(set(ex.product_locale.dropna().astype(str)))
     ex = ex[ex.product_locale == locale]
     pr = pr[pr.product_locale == locale]
-    catalog = dict(zip(pr.product_id.astype(str), pr.product_title.fillna("").astype(str)))
-    queries, qrels, split = {}, {}, {}
-    for q, text, p, lab, s in zip(ex.query_id.astype(str), ex["query"], ex.product_id.astype(str),
-                                  ex.esci_label, ex.split):
+    if ex.empty:
+        raise DataError(f"{ex_path}: no examples with product_locale {locale!r}; locales "
+                        f"present: {locales}; pass locale=one of them")
+    catalog: dict[str, str] = {}
+    descriptions: dict[str, str] = {}
+    desc = (pr.product_description.fillna("").astype(str).tolist()
+            if "product_description" in pr.columns else [""] * len(pr))
+    for row, pid, title, text in zip(pr.index.tolist(), _str_ids(pr.product_id, pr_path, "product_id"),
+                                     pr.product_title.fillna("").astype(str).tolist(), desc):
+        if pid in catalog:
+            raise DataError(f"{pr_path}: row {row} repeats product_id {pid!r} for locale "
+                            f"{locale!r}; product ids must be unique per locale")
+        catalog[pid] = title
+        descriptions[pid] = text
+    qids = _str_ids(ex.query_id, ex_path, "query_id")
+    pids = _str_ids(ex.product_id, ex_path, "product_id")
+    queries: dict[str, str] = {}
+    split: dict[str, str] = {}
+    file_split: dict[str, str] = {}
+    labels = _Labels(catalog, queries, f"{pr_path} (locale {locale!r})", str(ex_path))
+    for row, q, text, p, lab, s in zip(ex.index.tolist(), qids, ex["query"].astype(str).tolist(),
+                                        pids, ex.esci_label.tolist(), ex.split.tolist()):
+        where = f"{ex_path}: row {row}"
         if lab not in ESCI_GRADES:
-            raise DataError(f"{d}: unknown esci_label {lab!r} (expected E, S, C or I)")
-        queries[q] = text
-        qrels.setdefault(q, {})[p] = ESCI_GRADES[lab]
+            raise DataError(f"{where}: esci_label {lab!r}; expected E, S, C or I")
+        if s not in ("train", "test"):
+            raise DataError(f"{where}: split {s!r}; expected train or test")
+        if queries.setdefault(q, text) != text or file_split.setdefault(q, s) != s:
+            raise DataError(f"{where}: query_id {q} has another query text or split than on "
+                            "an earlier row; one query_id is one query in one split")
         split[q] = "test" if s == "test" else ("dev" if protocol_split(text) == "dev" else "train")
-    return Dataset(f"esci-{locale}", catalog, queries, qrels,
-                   DEFAULT_THRESHOLD["esci"] if threshold is None else threshold, split)
+        labels.add(q, p, ESCI_GRADES[lab], where)
+    return Dataset(f"esci-{locale}", catalog, queries, labels.qrels,
+                   DEFAULT_THRESHOLD["esci"] if threshold is None else threshold, split,
+                   descriptions)
 
 
 WANDS_GRADES = {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 0.0}
@@ -392,61 +590,88 @@ WANDS_GRADES = {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 0.0}
 def load_wands(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
     """Wayfair WANDS: tab-separated ``product.csv`` (product_id, product_name, ...),
     ``query.csv`` (query_id, query, ...), ``label.csv`` (id, query_id, product_id,
-    label); Exact=2, Partial=1, Irrelevant=0 (default threshold 2: Exact)."""
+    label); Exact=2, Partial=1, Irrelevant=0 (default threshold 2: Exact). WANDS has no
+    split: queries are split by the sha1 rule."""
     d = Path(path)
-    prows = _read_tsv(d / "product.csv", ["product_id", "product_name"])
-    qrows = _read_tsv(d / "query.csv", ["query_id", "query"])
-    lrows = _read_tsv(d / "label.csv", ["id", "query_id", "product_id", "label"])
+    fix = "the WANDS layout needs tab-separated product.csv, query.csv and label.csv"
+    prows = _read_tsv(d / "product.csv", ["product_id", "product_name"], fix)
+    qrows = _read_tsv(d / "query.csv", ["query_id", "query"], fix)
+    lrows = _read_tsv(d / "label.csv", ["id", "query_id", "product_id", "label"], fix)
     catalog = _unique(prows, "product_id", "product_name", d / "product.csv")
-    descriptions = {r["product_id"].strip(): r.get("product_description") or "" for r in prows}
+    descriptions = {r["product_id"]: r.get("product_description") or "" for _, r in prows}
     queries = _unique(qrows, "query_id", "query", d / "query.csv")
-    qrels: dict[str, dict[str, float]] = {}
-    for i, r in enumerate(lrows, start=2):
-        if r["label"] not in WANDS_GRADES:
-            raise DataError(f"{d / 'label.csv'}: line {i} has label {r['label']!r}; "
-                            "expected Exact, Partial or Irrelevant")
-        qrels.setdefault(r["query_id"].strip(), {})[r["product_id"].strip()] = WANDS_GRADES[r["label"]]
-    return Dataset("wands", catalog, queries, qrels,
+    labels = _Labels(catalog, queries, str(d / "product.csv"), str(d / "query.csv"))
+    for line, r in lrows:
+        where = f"{d / 'label.csv'}: line {line}"
+        lab = (r["label"] or "").strip()
+        if lab not in WANDS_GRADES:
+            raise DataError(f"{where}: label {r['label']!r}; expected Exact, Partial or Irrelevant")
+        labels.add(r["query_id"], r["product_id"], WANDS_GRADES[lab], where)
+    return Dataset("wands", catalog, queries, labels.qrels,
                    DEFAULT_THRESHOLD["wands"] if threshold is None else threshold,
                    _split_all(queries), descriptions)
 
 
-def _read_plain_tsv(path: Path, ncols: int) -> list[list[str]]:
-    if not path.exists():
-        raise DataError(f"{path}: missing")
+def _read_plain_tsv(path: Path, ncols: int, fix: str) -> list[tuple[int, list[str]]]:
+    """Header-less tab-separated rows, as (line number, fields); the last field keeps
+    any further tabs. The first field (an id) must be non-empty."""
+    _need_file(path, fix)
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(_decode_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
-        parts = line.split("\t")
+        parts = line.split("\t", ncols - 1)
         if len(parts) < ncols:
-            raise DataError(f"{path}: line {i} has {len(parts)} tab-separated fields, expected {ncols}")
-        rows.append(parts)
+            raise DataError(f"{path}: line {i} has {len(parts)} tab-separated fields, "
+                            f"expected {ncols}; fix or remove the line")
+        if not parts[0].strip():
+            raise DataError(f"{path}: line {i} has an empty id in the first field")
+        rows.append((i, parts))
     return rows
 
 
 def load_multicpr(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
     """Multi-CPR: ``corpus.tsv`` (pid, passage), ``train.query.txt`` / ``dev.query.txt``
-    (qid, query), ``qrels.train.tsv`` / ``qrels.dev.tsv`` (qid, 0, pid, 1). Train queries
+    (qid, query), ``qrels.train.tsv`` / ``qrels.dev.tsv`` (qid, 0, pid, 1); no headers.
+    Query ids are prefixed with their part (``train-…``, ``dev-…``). Train queries
     stay train; the published dev queries are halved into dev and test by the sha1 rule
-    (h even -> dev, odd -> test) since Multi-CPR publishes no test labels."""
+    (h even -> dev, odd -> test) since Multi-CPR publishes no test labels. Default
+    threshold 1."""
     d = Path(path)
-    catalog = {r[0].strip(): r[1] for r in _read_plain_tsv(d / "corpus.tsv", 2)}
-    queries, qrels, split = {}, {}, {}
+    fix = "the Multi-CPR layout needs corpus.tsv, {train,dev}.query.txt and qrels.{train,dev}.tsv"
+    catalog: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for i, (pid, text) in _read_plain_tsv(d / "corpus.tsv", 2, fix):
+        pid = pid.strip()
+        if pid in catalog:
+            raise DataError(f"{d / 'corpus.tsv'}: line {i} repeats pid {pid!r} (first on line "
+                            f"{first[pid]}); ids must be unique")
+        catalog[pid], first[pid] = text, i
+    queries: dict[str, str] = {}
+    split: dict[str, str] = {}
+    labels = _Labels(catalog, queries, str(d / "corpus.tsv"), "")
     for part in ("train", "dev"):
         qfile = d / f"{part}.query.txt"
         if not qfile.exists():
             continue
-        for qid, text, *_ in _read_plain_tsv(qfile, 2):
+        first = {}
+        for i, (qid, text) in _read_plain_tsv(qfile, 2, fix):
             qid = f"{part}-{qid.strip()}"
-            queries[qid] = text
-            h = int(hashlib.sha1(text.strip().lower().encode()).hexdigest(), 16)
+            if qid in queries:
+                raise DataError(f"{qfile}: line {i} repeats qid {qid[len(part) + 1:]!r} (first "
+                                f"on line {first[qid]}); ids must be unique")
+            queries[qid], first[qid] = text, i
+            h = int(hashlib.sha1(text.strip().lower().encode("utf-8")).hexdigest(), 16)
             split[qid] = "train" if part == "train" else ("dev" if h % 2 == 0 else "test")
-        for qid, _, pid, grade, *_ in _read_plain_tsv(d / f"qrels.{part}.tsv", 4):
-            qrels.setdefault(f"{part}-{qid.strip()}", {})[pid.strip()] = float(grade)
+        labels.queries_src = str(qfile)
+        rfile = d / f"qrels.{part}.tsv"
+        for i, (qid, _, pid, grade) in _read_plain_tsv(rfile, 4, fix):
+            where = f"{rfile}: line {i}"
+            labels.add(f"{part}-{qid.strip()}", pid.strip(), _grade(grade.strip(), where), where)
     if not queries:
-        raise DataError(f"{d}: neither train.query.txt nor dev.query.txt found")
-    return Dataset(d.name, catalog, queries, qrels, 1.0 if threshold is None else threshold, split)
+        raise DataError(f"{d}: neither train.query.txt nor dev.query.txt found; {fix}")
+    return Dataset(d.name, catalog, queries, labels.qrels, 1.0 if threshold is None else threshold,
+                   split)
 
 
 # ----------------------------------------------------------------------------- synthetic
