@@ -67,6 +67,92 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from .backbone import backbone_info, get_preset, pretrain
+
+    preset = get_preset(args.preset)  # fail on a bad preset before loading any data
+    ds = load_dataset(args.data, args.threshold)
+    out = pretrain(ds, args.out, preset=preset, seed=args.seed, progress=not args.quiet)
+    info = backbone_info(out)
+    print(f"backbone ({info['preset']}) written to {out}: {info['n_params']:,} parameters, "
+          f"vocab {info['vocab_size']}, {info['n_titles']} titles + {info['n_queries']} train queries "
+          f"({info['n_tokens']:,} tokens), {info['train_seconds']:.0f} s, "
+          f"loss {info['first_loss']} -> {info['final_loss']}")
+    return 0
+
+
+TRAIN_MODES = {"multispan": "gr-multispan-{stage}", "semantic-id": "gr-sid", "splade": "splade",
+               "prosper": "prosper", "dense": "dense"}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``key=value`` pairs (values parsed as YAML; ``train.epochs=2`` nests) -> a dict."""
+    import yaml
+
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r}: expected key=value, e.g. --set num_beams=20")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args) -> int:
+    from .retriever import make_retriever
+
+    name = TRAIN_MODES[args.mode].format(stage=args.stage)
+    params = parse_overrides(args.set)
+    if args.mode in ("multispan", "semantic-id"):
+        params.update(stage=args.stage, init=args.init)
+        if args.backbone:
+            params["backbone"] = args.backbone
+        if args.preset:
+            params["preset"] = args.preset
+        if args.full:
+            params.setdefault("train", {})["full"] = True
+        if args.sid:
+            params["sid"] = args.sid
+    elif args.stage != "sft" or args.init or args.sid:
+        raise ValueError(f"--stage/--init/--sid apply to the generative modes, not {args.mode!r}")
+    if args.mode == "semantic-id" and not (args.sid or args.init):
+        raise ValueError("--mode semantic-id needs --sid DIR (from `genret sid build`) or --init DIR")
+    ds = load_dataset(args.data, args.threshold)
+    t0 = time.perf_counter()
+    retriever = make_retriever(name, **params)
+    work = Path(args.out).with_name(f".{Path(args.out).name}.work")
+    retriever.fit(ds, out_dir=str(work))
+    retriever.save(args.out)
+    print(f"{name} trained in {time.perf_counter() - t0:.0f} s and saved to {args.out}; "
+          f"evaluate: genret eval --retriever {args.mode} --model {args.out} --split dev")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .retriever import load_retriever
+
+    retriever = load_retriever(args.model)
+    query = " ".join(args.query)
+    detail = retriever.explain(query, args.k)
+    if args.json:
+        print(json.dumps(detail, indent=2))
+        return 0
+    for key in ("beams", "spans", "ids"):
+        if key in detail:
+            print(f"{key}:")
+            items = detail[key].items() if isinstance(detail[key], dict) else detail[key]
+            for item in items:
+                print(f"  {item}")
+    print("products:")
+    for rank, p in enumerate(detail["products"], start=1):
+        print(f"  {rank:3d}. {p['score']:8.3f}  {p['id']}  {p.get('title', '')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genret", description="generative retrieval for product search")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -85,6 +171,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("pretrain", help="train the embedded backbone (BPE tokenizer + small Qwen2 LM) "
+                                        "on the catalog titles and train queries")
+    _add_data(p)
+    p.add_argument("--out", required=True, help="output directory (an HF model directory)")
+    p.add_argument("--preset", default="small", help="tiny (tests, seconds) or small (default, results)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="train a retriever and save it to a directory")
+    p.add_argument("--mode", required=True, choices=sorted(TRAIN_MODES))
+    _add_data(p)
+    p.add_argument("--out", required=True, help="output directory (the saved retriever)")
+    p.add_argument("--stage", default="sft", choices=["sft", "dpo"],
+                   help="generative modes: sft, or dpo (on --init, or after an SFT pass)")
+    p.add_argument("--init", help="start from a saved generative retriever (e.g. the SFT one)")
+    p.add_argument("--backbone", help="HF causal LM name or path (default: the embedded one)")
+    p.add_argument("--preset", help="size of the embedded backbone: tiny or small")
+    p.add_argument("--sid", help="semantic-ID directory from `genret sid build`")
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field, e.g. --set num_beams=20 --set train.epochs=2")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="search with a saved retriever and show why")
+    p.add_argument("--model", required=True, help="a saved retriever directory")
+    p.add_argument("query", nargs="+")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
     return ap
 
 

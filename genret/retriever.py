@@ -19,6 +19,33 @@ from .eval import Run
 REGISTRY: dict[str, tuple[str, str, dict]] = {
     "bm25": ("genret.bm25", "BM25Retriever", {}),
     "bm25-stem": ("genret.bm25", "BM25Retriever", {"stemmer": "english"}),
+    "multispan": ("genret.lexical", "MultispanRetriever", {}),
+    "gr-multispan-sft": ("genret.lexical", "MultispanRetriever", {"stage": "sft"}),
+    "gr-multispan-dpo": ("genret.lexical", "MultispanRetriever", {"stage": "dpo"}),
+    "splade": ("genret.splade", "SpladeRetriever", {}),
+    "prosper": ("genret.prosper", "ProsperRetriever", {}),
+    "prosper-no-lrn": ("genret.prosper", "ProsperRetriever", {"lrn": "none"}),
+    "prosper-lrn-add": ("genret.prosper", "ProsperRetriever", {"lrn": "add"}),
+    "prosper-lrn-query": ("genret.prosper", "ProsperRetriever", {"lrn_side": "query"}),
+    "prosper-lrn-item": ("genret.prosper", "ProsperRetriever", {"lrn_side": "item"}),
+    "prosper-no-lfw": ("genret.prosper", "ProsperRetriever", {"lfw": False}),
+    "prosper-maxpool": ("genret.prosper", "ProsperRetriever", {"pooling": "max"}),
+    "prosper-minilm": ("genret.prosper", "ProsperRetriever", {"backbone": "minilm"}),
+    "prosper-no-norm": ("genret.prosper", "ProsperRetriever", {"norm": "none"}),
+    "prosper-all-norm": ("genret.prosper", "ProsperRetriever", {"norm": "all"}),
+    "prosper-d-norm": ("genret.prosper", "ProsperRetriever", {"norm": "d"}),
+    "prosper-l1-norm": ("genret.prosper", "ProsperRetriever", {"norm": "q-l1"}),
+    "dense-zeroshot": ("genret.dense", "DenseRetriever", {}),
+    "dense": ("genret.dense", "DenseRetriever", {"train": True}),
+    "dense-ivf": ("genret.dense", "DenseRetriever", {"train": True, "index": "ivf", "nprobe": 32}),
+    "gr-sid": ("genret.semantic", "SemanticIDRetriever", {}),  # 3x256 residual k-means
+    "gr-sid-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft"}),
+    "gr-sid-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo"}),
+    "gr-sid-drop-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft", "prune": "drop"}),
+    "gr-sid-drop-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "prune": "drop"}),
+    "gr-sid-adaptive-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft", "prune": "adaptive"}),
+    "gr-sid-adaptive-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "prune": "adaptive"}),
+    "semantic-id": ("genret.semantic", "SemanticIDRetriever", {}),
 }
 
 
@@ -36,6 +63,15 @@ class Retriever:
 
     def save(self, path: str | os.PathLike) -> None:
         raise NotImplementedError
+
+    def explain(self, query: str, k: int = 10) -> dict:
+        """One query's products (with titles when the retriever keeps them) and, for
+        generative retrievers, what was decoded."""
+        r = self.search({"q": query}, k).get("q")
+        titles = getattr(self, "titles", None) or {}
+        return {"query": query, "products": [
+            {"id": p, "score": float(s), **({"title": titles[p]} if p in titles else {})}
+            for p, s in zip(r.ids, r.scores)] if r else []}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Retriever":

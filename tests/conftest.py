@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ from genret.data import default_data_path, synthetic_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pretrained tiny backbones are shared by the tests of one session, not left in the repo
+os.environ.setdefault("GENRET_CACHE", tempfile.mkdtemp(prefix="genret-test-cache-"))
 
 
 @pytest.fixture(scope="session")

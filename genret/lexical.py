@@ -1,0 +1,367 @@
+"""Lexical generative retrieval (seed 001, Query-to-MultiSpan).
+
+A causal LM decodes up to ``max_spans`` spans of real product titles, separated by
+``<|sep|>``; an FM-index over the titles' token ids forces every span to exist in the
+catalog (:class:`genret.decoding.FMIndexSpanConstraint`). Span evidence is scored back
+to products in the manner of SEAL (see :func:`score_products` and docs/lexical.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .artifact import ArtifactError, atomic_dir, read_manifest
+from .decoding import FMIndexSpanConstraint, constrained_beam_search
+from .eval import Run, tiebreak_keys, top_k
+from .retriever import Retriever, as_queries
+from .training import TrainConfig, dpo, sft
+
+PROMPT = "<|query|> {query}<|title|>"  # as in pretraining, spans continue like a title
+_NORM = re.compile(r"[^a-z0-9]+")
+
+
+def norm_word(w: str) -> str:
+    """Lower-cased alphanumerics with a crude plural strip: the unit of query overlap."""
+    w = _NORM.sub("", w.lower())
+    return w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+
+
+# ----------------------------------------------------------------------------- targets
+
+def choose_spans(query_words: set[str], ids: list[int], words: list[tuple[int, int]],
+                 word_text: list[str], count, max_spans: int = 3, max_span_tokens: int = 8,
+                 fill_words: int = 3) -> list[list[int]]:
+    """The spans of one title that a query implies, as slices of the title's own ids.
+
+    Rule: (1) every maximal run of title words that occur in the query is a span (cut to
+    ``max_span_tokens`` at a word boundary); (2) when fewer than ``max_spans`` remain,
+    the most distinctive window of ``fill_words`` words that overlaps no chosen span is
+    added (distinctive = lowest FM-index count, ties to the earliest window), so every
+    target names the product precisely; (3) spans are ordered by distinctiveness, most
+    distinctive first. ``count(ids) -> int`` is the FM-index count.
+    """
+    def cut(a: int, b: int) -> tuple[int, int]:  # word indices [a, b) -> token span
+        end = words[b - 1][1]
+        while b - 1 > a and end - words[a][0] > max_span_tokens:
+            b -= 1
+            end = words[b - 1][1]
+        return words[a][0], min(end, words[a][0] + max_span_tokens)
+
+    matched = [norm_word(w) in query_words and norm_word(w) != "" for w in word_text]
+    spans: list[tuple[int, int]] = []
+    i = 0
+    while i < len(words):
+        if matched[i]:
+            j = i
+            while j < len(words) and matched[j]:
+                j += 1
+            spans.append(cut(i, j))
+            i = j
+        else:
+            i += 1
+    spans.sort(key=lambda s: (count(ids[s[0]:s[1]]), s[0]))
+    spans = spans[:max_spans]
+    if len(spans) < max_spans and words:
+        used = set().union(*(range(a, b) for a, b in spans)) if spans else set()
+        best = None
+        for a in range(max(1, len(words) - fill_words + 1)):
+            s = cut(a, min(len(words), a + fill_words))
+            if used.isdisjoint(range(*s)):
+                c = count(ids[s[0]:s[1]])
+                if best is None or c < best[0]:
+                    best = (c, s)
+        if best is not None:
+            spans.append(best[1])
+    return [ids[a:b] for a, b in spans]
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def span_weights(hyps, constraint: FMIndexSpanConstraint, n_tokens: int) -> dict[tuple, float]:
+    """SEAL's weight of each decoded span n:
+    ``w(n) = max(0, log[P(n|q)(1 - P(n)) / (P(n)(1 - P(n|q)))])`` where ``P(n|q)`` is the
+    marginal probability that a beam contains n (beam probabilities renormalised over the
+    returned beams) and ``P(n) = count(n) / n_tokens`` is its corpus frequency."""
+    if not hyps:
+        return {}
+    s = np.array([h.score for h in hyps])
+    p = np.exp(s - s.max())
+    p /= p.sum()
+    marg: dict[tuple, float] = {}
+    for h, pb in zip(hyps, p):
+        for span in set(constraint.spans(h.tokens)):
+            marg[span] = marg.get(span, 0.0) + pb
+    out = {}
+    for span, pq in marg.items():
+        pq = min(pq, 1 - 1e-6)
+        prior = max(constraint.index.count(np.array(span)), 1) / n_tokens
+        w = np.log(pq * (1 - prior) / (prior * (1 - pq)))
+        if w > 0:
+            out[span] = float(w)
+    return out
+
+
+def score_products(index, weights: dict[tuple, float], doc_starts: np.ndarray,
+                   max_occurrences: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """Products matched by the spans and their scores: Σ over spans (heaviest first) of
+    ``w(n) × (fraction of the occurrence's tokens not yet covered by a heavier span)``,
+    one occurrence per product per span (non-overlapping matches, coverage). Spans with
+    more than ``max_occurrences`` occurrences only add to products other spans found."""
+    n_docs = len(doc_starts) - 1
+    score = np.zeros(n_docs)
+    found = np.zeros(n_docs, dtype=bool)
+    covered = np.zeros(int(doc_starts[-1]), dtype=bool)
+    for span, w in sorted(weights.items(), key=lambda kv: -kv[1]):
+        rng = index.range(np.array(span))
+        n = rng[1] - rng[0]
+        if n == 0:
+            continue
+        off = index.locate(rng, limit=max_occurrences)
+        docs = np.searchsorted(doc_starts, off, "right") - 1
+        if n > max_occurrences:
+            keep = found[docs]
+            off, docs = off[keep], docs[keep]
+        if not len(off):
+            continue
+        cols = off[:, None] + np.arange(len(span))[None, :]
+        fresh = 1.0 - covered[cols].mean(axis=1)
+        covered[cols] = True
+        contrib = np.zeros(n_docs)
+        np.maximum.at(contrib, docs, w * fresh)
+        score += contrib
+        found[docs] = True
+    hit = np.flatnonzero(found)
+    return hit, score[hit]
+
+
+# ----------------------------------------------------------------------------- retriever
+
+@dataclass
+class MultispanConfig:
+    backbone: str | None = None  # HF name/path; None = the embedded default, pretrained here
+    preset: str = "small"  # embedded default size when backbone is None
+    max_spans: int = 3
+    max_span_tokens: int = 8
+    num_beams: int = 10
+    max_new_tokens: int = 30
+    decode_batch_size: int = 8
+    indexing_examples: bool = True  # title fragments -> spans, one per product
+    max_occurrences: int = 20000
+    dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
+    dpo_recall_k: int = 100
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+class MultispanRetriever(Retriever):
+    """Query -> multispan decoding under an FM-index -> SEAL-style product scores."""
+
+    kind = "gr-multispan"
+
+    def __init__(self, stage: str = "sft", init: str | None = None, **cfg):
+        if stage not in ("sft", "dpo"):
+            raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
+        train = cfg.pop("train", {})
+        self.cfg = MultispanConfig(**cfg, train=train if isinstance(train, TrainConfig) else TrainConfig(**train))
+        self.stage, self.init = stage, init
+        self.model = self.tokenizer = self.index = None
+        self.product_ids: list[str] = []
+        self.info: dict = {}
+
+    # -- setup ---------------------------------------------------------------
+    def _setup_catalog(self, dataset) -> None:
+        from fm_index import FMIndex
+
+        from .backbone import encode_title
+
+        self.product_ids = dataset.product_ids
+        self.titles = dict(dataset.catalog)
+        self.title_ids = [encode_title(self.tokenizer, t) for t in dataset.titles]
+        self.index = FMIndex.build(self.title_ids, vocab_size=len(self.tokenizer),
+                                   tokenizer=self.tokenizer_identity)
+        self._prepare(np.array([len(t) for t in self.title_ids], dtype=np.int64))
+
+    def _prepare(self, lengths: np.ndarray) -> None:
+        from .backbone import special_ids, word_starts
+
+        sp = special_ids(self.tokenizer)
+        self.sep_id, self.eos_id = sp.sep, sp.eos
+        self.word_start = word_starts(self.tokenizer, np.arange(len(self.tokenizer)))
+        self.constraint = FMIndexSpanConstraint(self.index, self.sep_id, self.eos_id, self.word_start,
+                                                self.cfg.max_span_tokens, self.cfg.max_spans)
+        self.doc_starts = np.concatenate([[0], np.cumsum(lengths)])
+        self.keys = tiebreak_keys(self.product_ids, self.cfg.seed)
+
+    @property
+    def tokenizer_identity(self) -> str:
+        from .backbone import tokenizer_identity
+
+        return tokenizer_identity(self.tokenizer)
+
+    # -- training data -------------------------------------------------------
+    def examples(self, dataset, rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, target ids) for train-split queries x relevant titles, plus one
+        indexing example per product (a random fragment of its title as the query)."""
+        from .backbone import word_spans
+
+        pos = {p: i for i, p in enumerate(self.product_ids)}
+        count = lambda s: self.index.count(np.array(s, dtype=np.int64))  # noqa: E731
+        out = []
+
+        def add(query: str, i: int) -> None:
+            ids = self.title_ids[i]
+            words = word_spans(self.tokenizer, ids)
+            text = [self.tokenizer.decode(ids[a:b]) for a, b in words]
+            spans = choose_spans({norm_word(w) for w in query.split()}, ids, words, text, count,
+                                 self.cfg.max_spans, self.cfg.max_span_tokens)
+            target = []
+            for s in spans:
+                target += (([self.sep_id] if target else []) + list(s))
+            prompt = self.tokenizer(PROMPT.format(query=query), add_special_tokens=False)["input_ids"]
+            out.append((prompt, target))
+
+        for q in dataset.split("train"):
+            for p in dataset.relevant(q):
+                if p in pos:
+                    add(dataset.queries[q], pos[p])
+        if self.cfg.indexing_examples:
+            for i, title in enumerate(dataset.titles):
+                words = title.split()
+                n = int(rng.integers(1, min(4, len(words)) + 1)) if words else 0
+                pick = sorted(rng.choice(len(words), size=n, replace=False)) if n else []
+                if pick:
+                    add(" ".join(words[j] for j in pick).lower(), i)
+        rng.shuffle(out)
+        return out
+
+    # -- fit -----------------------------------------------------------------
+    def _load_start(self, dataset) -> None:
+        from .backbone import default_backbone, load_backbone
+
+        if self.init:
+            other = MultispanRetriever.load(self.init)
+            self.model, self.tokenizer = other.model, other.tokenizer
+            self.info = dict(other.info)
+        else:
+            path = self.cfg.backbone or default_backbone(dataset, self.cfg.preset, self.cfg.seed)
+            self.model, self.tokenizer = load_backbone(path)
+            self.info = {"backbone": str(path)}
+
+    def fit(self, dataset, out_dir: str | None = None, **_) -> "MultispanRetriever":
+        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo')."""
+        import tempfile
+
+        torch.manual_seed(self.cfg.seed)
+        rng = np.random.default_rng(self.cfg.seed)
+        work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="genret-multispan-"))
+        self._load_start(dataset)
+        self._setup_catalog(dataset)
+        if not (self.init and self.info.get("stage") in ("sft", "dpo")):
+            ex = self.examples(dataset, rng)
+            t0 = time.perf_counter()
+            self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train)
+            self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
+        if self.stage == "dpo":
+            t0 = time.perf_counter()
+            pairs = self.mine_pairs(dataset, rng)
+            self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
+            self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0)
+        self.model.eval()
+        return self
+
+    def mine_pairs(self, dataset, rng: np.random.Generator) -> list[dict]:
+        """Preference pairs from the model's own beams on train queries: chosen = the beam
+        whose spans alone retrieve the most relevant products in the top ``dpo_recall_k``,
+        rejected = the best-scored beam that retrieves none."""
+        qids = [q for q in dataset.split("train") if dataset.relevant(q)]
+        qids = [qids[i] for i in rng.permutation(len(qids))[: self.cfg.dpo_queries]]
+        hyps = self.decode([dataset.queries[q] for q in qids], progress=self.cfg.train.progress)
+        pos = {p: i for i, p in enumerate(self.product_ids)}
+        pairs = []
+        for q, hs in zip(qids, hyps):
+            rel = {pos[p] for p in dataset.relevant(q) if p in pos}
+            recalls = []
+            for h in hs:
+                w = {s: 1.0 + 1e-3 * len(s) for s in self.constraint.spans(h.tokens)}
+                docs, sc = score_products(self.index, w, self.doc_starts, self.cfg.max_occurrences)
+                top = docs[top_k(sc, self.cfg.dpo_recall_k, self.keys[docs])]
+                recalls.append(len(rel.intersection(top.tolist())))
+            best = int(np.argmax(recalls)) if recalls else -1
+            bad = [i for i, r in enumerate(recalls) if r == 0]
+            if best >= 0 and recalls[best] > 0 and bad:
+                text = lambda h: self.tokenizer.decode(h.tokens)  # noqa: E731
+                pairs.append({"prompt": PROMPT.format(query=dataset.queries[q]),
+                              "chosen": text(hs[best]), "rejected": text(hs[bad[0]])})
+        return pairs
+
+    # -- search --------------------------------------------------------------
+    def decode(self, queries: list[str], progress: bool = False):
+        return constrained_beam_search(self.model, self.tokenizer, queries, self.constraint,
+                                       num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens,
+                                       prompt=PROMPT, batch_size=self.cfg.decode_batch_size,
+                                       progress=progress)
+
+    def _rank(self, hyps, k: int) -> tuple[list[str], np.ndarray, dict[tuple, float]]:
+        w = span_weights(hyps, self.constraint, self.index.n_tokens)
+        docs, sc = score_products(self.index, w, self.doc_starts, self.cfg.max_occurrences)
+        order = top_k(sc, k, self.keys[docs])
+        return [self.product_ids[docs[i]] for i in order], sc[order], w
+
+    def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
+        if self.model is None:
+            raise RuntimeError("MultispanRetriever.search before fit() or load()")
+        queries = as_queries(queries)
+        run = Run()
+        for qid, hs in zip(queries, self.decode(list(queries.values()), progress)):
+            ids, scores, _ = self._rank(hs, k)
+            run.add(qid, ids, scores)
+        return run
+
+    def explain(self, query: str, k: int = 10) -> dict:
+        hs = self.decode(list(as_queries(query).values()))[0]
+        ids, scores, w = self._rank(hs, k)
+        return {"query": query,
+                "beams": [{"text": h.text, "score": h.score} for h in hs],
+                "spans": {self.tokenizer.decode(list(s)): wt for s, wt in sorted(w.items(), key=lambda kv: -kv[1])},
+                "products": [{"id": p, "score": float(s), "title": self.titles.get(p, "")}
+                             for p, s in zip(ids, scores)]}
+
+    # -- storage -------------------------------------------------------------
+    def save(self, path) -> None:
+        with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg), info=self.info,
+                        tokenizer=self.tokenizer_identity, n_products=len(self.product_ids)) as tmp:
+            self.model.save_pretrained(tmp / "model")
+            self.tokenizer.save_pretrained(tmp / "model")
+            self.index.save(tmp / "fm_index")
+            (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
+            (tmp / "titles.json").write_text(json.dumps([self.titles[p] for p in self.product_ids]))
+            np.save(tmp / "title_lengths.npy", np.diff(self.doc_starts))
+
+    @classmethod
+    def _load(cls, path: Path) -> "MultispanRetriever":
+        from fm_index import FMIndex
+
+        from .backbone import load_backbone
+
+        manifest = read_manifest(path)
+        self = cls(**manifest["config"])
+        self.info = manifest.get("info", {})
+        self.stage = self.info.get("stage", "sft")
+        self.model, self.tokenizer = load_backbone(path / "model")
+        if self.tokenizer_identity != manifest["tokenizer"]:
+            raise ArtifactError(f"{path}: the model's tokenizer differs from the one the "
+                                "retriever was built with; retrain or rebuild the index")
+        self.index = FMIndex.load(path / "fm_index", tokenizer=manifest["tokenizer"])
+        self.product_ids = json.loads((path / "product_ids.json").read_text())
+        self.titles = dict(zip(self.product_ids, json.loads((path / "titles.json").read_text())))
+        self._prepare(np.load(path / "title_lengths.npy"))
+        self.model.eval()
+        return self
