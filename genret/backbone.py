@@ -94,8 +94,9 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", vocab_size=2000, hidden_size=64, num_layers=2, num_heads=2,
                    num_kv_heads=1, intermediate_size=128, max_texts=3000, batch_size=16,
                    learning_rate=3e-3),
-    # the default for results: ~6.6M parameters with a 12k vocabulary, one epoch over the
-    # Home Depot titles + train queries in ~10 min on 2 shared CPU cores
+    # the default for results, the prototype's size: 6.22M parameters (12k vocabulary).
+    # One epoch over the Home Depot titles + train queries (1.06M tokens): 744 CPU-seconds,
+    # i.e. ~6-7 min on 2 idle cores (26 min wall on 2 cores shared at load ~8).
     "small": Preset("small", vocab_size=12000, hidden_size=256, num_layers=4, num_heads=4,
                     num_kv_heads=2, intermediate_size=768, learning_rate=1e-3),
 }
@@ -441,7 +442,8 @@ def pretrain(dataset, out_dir: str | os.PathLike, preset: str | Preset = "small"
     parameter count, data hash, training seconds and the loss log.
     """
     from datasets import Dataset as HFDataset
-    from transformers import GenerationConfig, Qwen2ForCausalLM, Trainer, TrainingArguments, set_seed
+    from transformers import (GenerationConfig, PrinterCallback, Qwen2ForCausalLM, Trainer,
+                              TrainingArguments, set_seed)
 
     cfg = get_preset(preset)
     out = Path(out_dir)
@@ -477,6 +479,8 @@ def pretrain(dataset, out_dir: str | os.PathLike, preset: str | Preset = "small"
     train_ds = HFDataset.from_dict({"input_ids": seqs, "length": [len(s) for s in seqs]})
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       data_collator=_Collator(tokenizer.pad_token_id))
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # no per-step loss dicts on stdout either
     t1, c1 = time.perf_counter(), time.process_time()
     try:
         result = trainer.train()

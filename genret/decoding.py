@@ -47,6 +47,8 @@ class FMIndexSpanConstraint(Constraint):
             raise ValueError(f"word_start covers {len(self.word_start)} tokens but the index "
                              f"vocabulary has {n}; build both from the same tokenizer")
         self._ranges: dict[tuple, tuple[int, int]] = {(): index.range(np.zeros(0, dtype=np.int64))}
+        first, _ = index.next_symbols(self._ranges[()])
+        self._start = np.asarray(first)[self.word_start[np.asarray(first)]]  # tokens that start a span
 
     def _range(self, span: tuple) -> tuple[int, int]:
         r = self._ranges.get(span)
@@ -73,14 +75,16 @@ class FMIndexSpanConstraint(Constraint):
 
     def allowed(self, generated: list[list[int]]) -> list[np.ndarray]:
         states = [self.split(g, self.sep_id) for g in generated]
-        ranges = [self._range(cur) for _, cur in states]
-        nexts = self.index.next_symbols_batch(ranges)
+        open_ = [i for i, (_, cur) in enumerate(states) if cur]
+        ranges = [self._range(states[i][1]) for i in open_]
+        nexts = dict(zip(open_, zip(ranges, self.index.next_symbols_batch(ranges)))) if open_ else {}
         out = []
-        for (done, cur), (lo, hi), (toks, counts) in zip(states, ranges, nexts):
-            toks = np.asarray(toks)
+        for i, (done, cur) in enumerate(states):
             if not cur:
-                out.append(toks[self.word_start[toks]])
+                out.append(self._start)
                 continue
+            (lo, hi), (toks, counts) = nexts[i]
+            toks = np.asarray(toks)
             ws = self.word_start[toks]
             boundary = (hi - lo) > int(np.sum(counts)) or bool(ws.any())
             cont = toks[~ws] if len(cur) >= self.max_span_tokens else toks

@@ -32,6 +32,7 @@ class RowConfig:
     params: dict = field(default_factory=dict)  # constructor config
     fit: dict = field(default_factory=dict)  # extra fit() arguments
     model: str | None = None  # load a saved retriever instead of fitting
+    # strings in params/fit/model may say {out}: the run's output directory
     batch_size: int = 1  # queries per search() call; latency = call time / batch
 
 
@@ -92,13 +93,24 @@ def prepare(cfg: CompareConfig, dataset: Dataset) -> tuple[Dataset, list[str]]:
     return dataset.subset(sorted(keep), cfg.n_products, cfg.seed), eval_q
 
 
+def _subst(value, out: Path):
+    """``{out}`` in config strings -> the run's output directory (e.g. a DPO row's
+    ``init: "{out}/models/gr-multispan-sft"``)."""
+    if isinstance(value, str):
+        return value.replace("{out}", str(out))
+    if isinstance(value, dict):
+        return {k: _subst(v, out) for k, v in value.items()}
+    return value
+
+
 def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path) -> tuple[Run, dict]:
     """Fit (or load), search with timing, and save one row's retriever."""
     t0 = time.perf_counter()
     if row.model:
-        retriever = load_retriever(row.model)
+        retriever = load_retriever(_subst(row.model, out))
     else:
-        retriever = make_retriever(row.retriever or row.name, **row.params).fit(dataset, **row.fit)
+        retriever = make_retriever(row.retriever or row.name, **_subst(row.params, out))
+        retriever.fit(dataset, **_subst(row.fit, out))
     fit_s = time.perf_counter() - t0
     run, lat = Run(), []
     batches = [qids[i:i + row.batch_size] for i in range(0, len(qids), row.batch_size)]
