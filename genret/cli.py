@@ -126,7 +126,12 @@ def cmd_train(args) -> int:
     retriever = make_retriever(name, **params)
     work = Path(args.out).with_name(f".{Path(args.out).name}.work")
     retriever.fit(ds, out_dir=str(work))
-    retriever.save(args.out)
+    from accelerate import PartialState
+
+    state = PartialState()  # under `accelerate launch` every process trains; one saves
+    if state.is_main_process:
+        retriever.save(args.out)
+    state.wait_for_everyone()
     print(f"{name} trained in {time.perf_counter() - t0:.0f} s and saved to {args.out}; "
           f"evaluate: genret eval --retriever {args.mode} --model {args.out} --split dev")
     return 0
