@@ -158,6 +158,44 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _sid_table(rep: dict) -> str:
+    lines = [f"{rep['n_items']} items, {rep['quantizer']} {rep['levels_x_codebook'][0]}x"
+             f"{rep['levels_x_codebook'][1]}, prune {rep['prune']}"
+             + (f" (level {rep['pruned_level']})" if rep.get("pruned_level") else "")
+             + f"; collision rate {rep['collision_rate']:.4f} (after pruning "
+             f"{rep['collision_rate_after_pruning']:.4f}); mean ID length {rep['mean_length']:.2f} "
+             f"(max {rep['max_length']}); dominant level {rep['dominant_level']}",
+             "| level | entropy | gini | top1_share | top10_share | utilization |",
+             "|---|---|---|---|---|---|"]
+    for lv in rep["levels"]:
+        lines.append(f"| {lv['level']} | {lv['entropy']:.4f} | {lv['gini']:.4f} | {lv['top1_share']:.4f} "
+                     f"| {lv['top10_share']:.4f} | {lv['utilization']:.4f} |")
+    return "\n".join(lines)
+
+
+def cmd_sid(args) -> int:
+    from semantic_id import SemanticIDError, SemanticIDs
+
+    try:
+        if args.sid_command == "build":
+            from .semantic import build_ids
+
+            ds = load_dataset(args.data, args.threshold)
+            sids = build_ids(ds, args.quantizer, args.levels, args.codebook, args.prune, args.top_k,
+                             args.encoder, args.seed, progress=not args.quiet)
+            sids.save(args.out)
+            sids.plot(Path(args.out) / "sandglass.png")
+            print(_sid_table(sids.report()))
+            print(f"semantic IDs written to {args.out} (plot: {Path(args.out) / 'sandglass.png'}); "
+                  f"train: genret train --mode semantic-id --sid {args.out} --out DIR")
+            return 0
+        rep = SemanticIDs.load(args.dir).report()
+    except SemanticIDError as e:
+        raise ValueError(str(e)) from None
+    print(json.dumps(rep) if args.json else _sid_table(rep))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="genret", description="generative retrieval for product search")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -207,6 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("sid", help="semantic IDs: build them for a catalog, report their sand-glass stats")
+    sid = p.add_subparsers(dest="sid_command", required=True)
+    q = sid.add_parser("build", help="encode titles, quantise, prune, dedup; write the IDs and sandglass.png")
+    _add_data(q)
+    q.add_argument("--out", required=True, help="output directory (the SemanticIDs)")
+    q.add_argument("--quantizer", default="rkmeans", choices=["rkmeans", "rqvae"])
+    q.add_argument("--levels", type=int, default=3)
+    q.add_argument("--codebook", type=int, default=256)
+    q.add_argument("--prune", default="none", choices=["none", "drop", "adaptive"])
+    q.add_argument("--top-k", type=int, default=16, help="adaptive pruning: drop the token where it is "
+                                                          "among the K most frequent of its level")
+    q.add_argument("--encoder", help="sentence-transformers/HF encoder path (default: packaged MiniLM)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=cmd_sid)
+    q = sid.add_parser("report", help="per-level entropy/Gini/top shares, collisions, ID lengths")
+    q.add_argument("dir", help="a SemanticIDs directory")
+    q.add_argument("--json", action="store_true", help="print one JSON object")
+    q.set_defaults(func=cmd_sid)
     return ap
 
 

