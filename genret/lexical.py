@@ -156,7 +156,6 @@ class MultispanConfig:
     indexing_examples: bool = True  # title fragments -> spans, one per product
     max_occurrences: int = 20000
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
-    dpo_recall_k: int = 100
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -278,28 +277,34 @@ class MultispanRetriever(Retriever):
         return self
 
     def mine_pairs(self, dataset, rng: np.random.Generator) -> list[dict]:
-        """Preference pairs from the model's own beams on train queries: chosen = the beam
-        whose spans alone retrieve the most relevant products in the top ``dpo_recall_k``,
-        rejected = the best-scored beam that retrieves none."""
+        """Preference pairs from the model's own beams on train queries. A beam *finds* a
+        relevant product when all its spans occur in that product's title; chosen = the
+        most specific beam that finds one (smallest count of its rarest span), rejected =
+        the best-scored beam that finds none."""
         qids = [q for q in dataset.split("train") if dataset.relevant(q)]
         qids = [qids[i] for i in rng.permutation(len(qids))[: self.cfg.dpo_queries]]
         hyps = self.decode([dataset.queries[q] for q in qids], progress=self.cfg.train.progress)
         pos = {p: i for i, p in enumerate(self.product_ids)}
+
+        def contains(title: list[int], span: tuple) -> bool:
+            n = len(span)
+            return any(tuple(title[i:i + n]) == span for i in range(len(title) - n + 1))
+
         pairs = []
         for q, hs in zip(qids, hyps):
-            rel = {pos[p] for p in dataset.relevant(q) if p in pos}
-            recalls = []
+            titles = [self.title_ids[pos[p]] for p in dataset.relevant(q) if p in pos]
+            finds, bad = [], None
             for h in hs:
-                w = {s: 1.0 + 1e-3 * len(s) for s in self.constraint.spans(h.tokens)}
-                docs, sc = score_products(self.index, w, self.doc_starts, self.cfg.max_occurrences)
-                top = docs[top_k(sc, self.cfg.dpo_recall_k, self.keys[docs])]
-                recalls.append(len(rel.intersection(top.tolist())))
-            best = int(np.argmax(recalls)) if recalls else -1
-            bad = [i for i, r in enumerate(recalls) if r == 0]
-            if best >= 0 and recalls[best] > 0 and bad:
-                text = lambda h: self.tokenizer.decode(h.tokens)  # noqa: E731
+                spans = self.constraint.spans(h.tokens)
+                if spans and any(all(contains(t, s) for s in spans) for t in titles):
+                    finds.append((min(self.index.count(np.array(s)) for s in spans), h))
+                elif bad is None:
+                    bad = h
+            if finds and bad is not None:
+                best = min(finds, key=lambda f: f[0])[1]
                 pairs.append({"prompt": PROMPT.format(query=dataset.queries[q]),
-                              "chosen": text(hs[best]), "rejected": text(hs[bad[0]])})
+                              "chosen": self.tokenizer.decode(best.tokens),
+                              "rejected": self.tokenizer.decode(bad.tokens)})
         return pairs
 
     # -- search --------------------------------------------------------------
@@ -352,7 +357,8 @@ class MultispanRetriever(Retriever):
         from .backbone import load_backbone
 
         manifest = read_manifest(path)
-        self = cls(**manifest["config"])
+        known = MultispanConfig.__dataclass_fields__  # fields an older save may still carry are ignored
+        self = cls(**{k: v for k, v in manifest["config"].items() if k in known})
         self.info = manifest.get("info", {})
         self.stage = self.info.get("stage", "sft")
         self.model, self.tokenizer = load_backbone(path / "model")
