@@ -160,8 +160,8 @@ def test_finetune_improves_train_recall(synthetic, cache_dir, tmp_path):
     train = synthetic.split("train")
     qs = {q: synthetic.queries[q] for q in train}
     zs = DenseRetriever(cache_dir=cache_dir).fit(synthetic, progress=False)
-    ft = DenseRetriever(train=True, batch_size=16, max_steps=14, lr=5e-5, seed=0).fit(
-        synthetic, progress=False)
+    ft = DenseRetriever(train=True, batch_size=16, max_steps=14, lr=5e-5, seed=0,
+                        core_term_negatives=1).fit(synthetic, progress=False)
     before = evaluate(zs.search(qs, 100), synthetic, train, buckets=False)["overall"]
     after = evaluate(ft.search(qs, 100), synthetic, train, buckets=False)["overall"]
     assert after["R@10"] > before["R@10"] and after["MRR@10"] > before["MRR@10"]
@@ -182,8 +182,9 @@ def test_finetune_improves_train_recall(synthetic, cache_dir, tmp_path):
 def test_training_uses_train_queries_and_masks_false_negatives(synthetic):
     import torch
 
-    ex = build_examples(synthetic, DenseConfig(train=True))
+    ex = build_examples(synthetic, DenseConfig(train=True, core_term_negatives=1))
     assert {e.qid for e in ex} == set(synthetic.split("train"))
+    assert sum(bool(e.core_negatives) for e in ex) > len(ex) // 2
     for e in ex:
         rel = synthetic.relevant(e.qid)
         assert set(e.positives) == set(rel) and not set(e.labelled_negatives) & set(rel)
