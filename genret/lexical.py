@@ -36,17 +36,20 @@ def norm_word(w: str) -> str:
 
 # ----------------------------------------------------------------------------- targets
 
-def choose_spans(query_words: set[str], ids: list[int], words: list[tuple[int, int]],
+def choose_spans(query_words: list[str], ids: list[int], words: list[tuple[int, int]],
                  word_text: list[str], count, max_spans: int = 3, max_span_tokens: int = 8,
                  fill_words: int = 3) -> list[list[int]]:
     """The spans of one title that a query implies, as slices of the title's own ids.
 
-    Rule: (1) every maximal run of title words that occur in the query is a span (cut to
-    ``max_span_tokens`` at a word boundary); (2) when fewer than ``max_spans`` remain,
-    the most distinctive window of ``fill_words`` words that overlaps no chosen span is
-    added (distinctive = lowest FM-index count, ties to the earliest window), so every
-    target names the product precisely; (3) spans are ordered by distinctiveness, most
-    distinctive first. ``count(ids) -> int`` is the FM-index count.
+    Rule: (1) every maximal run of title words that occur in the query (``query_words``:
+    the query's :func:`norm_word` forms, in query order) is a span, cut to
+    ``max_span_tokens`` at a word boundary; with more than ``max_spans`` runs the most
+    distinctive are kept (lowest FM-index count); (2) kept runs are ordered by where their
+    first word appears in the query, so the model starts by naming, in title form, what
+    the query says first; (3) when fewer than ``max_spans`` remain, the most distinctive
+    window of ``fill_words`` words that overlaps no chosen span is appended last
+    (ties to the earliest window), so every target names the product precisely.
+    ``count(ids) -> int`` is the FM-index count.
     """
     def cut(a: int, b: int) -> tuple[int, int]:  # word indices [a, b) -> token span
         end = words[b - 1][1]
@@ -55,20 +58,24 @@ def choose_spans(query_words: set[str], ids: list[int], words: list[tuple[int, i
             end = words[b - 1][1]
         return words[a][0], min(end, words[a][0] + max_span_tokens)
 
-    matched = [norm_word(w) in query_words and norm_word(w) != "" for w in word_text]
-    spans: list[tuple[int, int]] = []
+    qpos: dict[str, int] = {}
+    for j, w in enumerate(query_words):
+        if w:
+            qpos.setdefault(w, j)
+    normed = [norm_word(w) for w in word_text]
+    runs: list[tuple[int, tuple[int, int]]] = []  # (query position, token span)
     i = 0
     while i < len(words):
-        if matched[i]:
+        if normed[i] in qpos:
             j = i
-            while j < len(words) and matched[j]:
+            while j < len(words) and normed[j] in qpos:
                 j += 1
-            spans.append(cut(i, j))
+            runs.append((min(qpos[normed[t]] for t in range(i, j)), cut(i, j)))
             i = j
         else:
             i += 1
-    spans.sort(key=lambda s: (count(ids[s[0]:s[1]]), s[0]))
-    spans = spans[:max_spans]
+    runs.sort(key=lambda r: (count(ids[r[1][0]:r[1][1]]), r[1][0]))
+    spans = [s for _, s in sorted(runs[:max_spans], key=lambda r: (r[0], r[1][0]))]
     if len(spans) < max_spans and words:
         used = set().union(*(range(a, b) for a, b in spans)) if spans else set()
         best = None
@@ -219,7 +226,7 @@ class MultispanRetriever(Retriever):
             ids = self.title_ids[i]
             words = word_spans(self.tokenizer, ids)
             text = [self.tokenizer.decode(ids[a:b]) for a, b in words]
-            spans = choose_spans({norm_word(w) for w in query.split()}, ids, words, text, count,
+            spans = choose_spans([norm_word(w) for w in query.split()], ids, words, text, count,
                                  self.cfg.max_spans, self.cfg.max_span_tokens)
             target = []
             for s in spans:

@@ -33,11 +33,6 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-# Shared cores: libgomp's busy-waiting threads made small ops 10-100x slower under
-# contention (measured: 20 ms vs 0.15 ms per tiny linear). Only effective before torch
-# is first imported; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import scipy.sparse as sp
 import torch

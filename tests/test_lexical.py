@@ -24,7 +24,7 @@ def index():
 def _spans(index, query, i, **kw):
     ids = TITLES[i]
     words = [(j, j + 1) for j in range(len(ids))]
-    return choose_spans({norm_word(w) for w in query.split()}, ids, words,
+    return choose_spans([norm_word(w) for w in query.split()], ids, words,
                         [WORDS[t] for t in ids], lambda s: index.count(np.array(s)), **kw)
 
 
@@ -37,8 +37,13 @@ def test_choose_spans_rule(index):
     # query words form one run "cordless drill"; the fill window is the rarest 3-word window
     # that does not overlap it: none exists, so only the run is kept with max_spans=1
     assert _spans(index, "cordless drills", 0, max_spans=1) == [[11, 12]]
-    # two runs: "ryobi" (count 2) and "20v" (count 1): the rarer first
-    assert _spans(index, "ryobi 20v", 0, max_spans=2) == [[13], [10]]
+    # two runs "ryobi" (count 2) and "20v" (count 1): in query order, whatever the counts
+    assert _spans(index, "ryobi 20v", 0, max_spans=2) == [[10], [13]]
+    assert _spans(index, "20v ryobi", 0, max_spans=2) == [[13], [10]]
+    # more runs than max_spans: the most distinctive ("20v") is kept
+    assert _spans(index, "ryobi 20v", 0, max_spans=1) == [[13]]
+    # the fill window comes after the query runs
+    assert _spans(index, "drill", 2, max_spans=2, fill_words=1) == [[12], [16]]
     # no overlap: the most distinctive window fills in
     assert _spans(index, "bosch", 3, max_spans=2, fill_words=2) == [[17, 18]]
     # spans are cut at max_span_tokens on a word boundary

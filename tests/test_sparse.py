@@ -191,6 +191,9 @@ def test_encoder_tokenisation_ends_with_eos_and_pools_it(tiny_qwen):
         assert m[:n].all() and not m[n:].any()  # right padding
     assert enc.tokenize(["x"], "item")["input_ids"][0, 0].item() == \
         enc.tokenizer.convert_tokens_to_ids("<|title|>")
+    # lowercase=True (default): a cased BPE sees "Drill" in titles and "drill" in queries alike
+    assert torch.equal(enc.tokenize(["Acme DRILL"], "item")["input_ids"],
+                       enc.tokenize(["acme drill"], "item")["input_ids"])
 
 
 def test_query_term_pruning_keeps_top_16():

@@ -1,0 +1,67 @@
+"""Tune the lexical GR decoding on the dev split (never test): beam width and
+``max_occurrences``, for a saved multispan model. Each beam width is decoded once; the
+scoring variants reuse the beams.
+
+    python experiments/lexical_dev.py --model results/lexical/models/gr-multispan-sft \\
+        --beams 5 10 20 --out results/lexical-dev
+
+Writes OUT/dev.json (metrics per setting, decode ms/query) and OUT/dev.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from genret.data import load_dataset  # noqa: E402
+from genret.eval import Run, evaluate  # noqa: E402
+from genret.lexical import MultispanRetriever  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data")
+    p.add_argument("--beams", type=int, nargs="+", default=[10])
+    p.add_argument("--max-occurrences", type=int, nargs="+", default=[20000, 2000])
+    p.add_argument("--queries", type=int, help="first N dev queries only")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(args.data)
+    qids = ds.split("dev")[: args.queries]
+    r = MultispanRetriever.load(args.model)
+    rows = []
+    for beams in args.beams:
+        r.cfg.num_beams = beams
+        t0 = time.perf_counter()
+        hyps = r.decode([ds.queries[q] for q in qids], progress=True)
+        ms = 1000 * (time.perf_counter() - t0) / len(qids)
+        for mo in args.max_occurrences:
+            r.cfg.max_occurrences = mo
+            run = Run()
+            for q, hs in zip(qids, hyps):
+                ids, scores, _ = r._rank(hs, 1000)
+                run.add(q, ids, scores)
+            res = evaluate(run, ds, qids)
+            rows.append({"num_beams": beams, "max_occurrences": mo, "decode_ms_per_query": ms,
+                         **res["overall"], "tail": res["buckets"]["tail"]})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "tail"}), flush=True)
+    (out / "dev.json").write_text(json.dumps({"model": args.model, "n_queries": len(qids), "rows": rows}, indent=1))
+    lines = ["| beams | max_occ | R@10 | R@100 | R@1000 | MRR@10 | tail R@100 | decode ms/q |", "|---" * 8 + "|"]
+    lines += [f"| {x['num_beams']} | {x['max_occurrences']} | {x['R@10']:.4f} | {x['R@100']:.4f} | "
+              f"{x['R@1000']:.4f} | {x['MRR@10']:.4f} | {x['tail']['R@100']:.4f} | {x['decode_ms_per_query']:.0f} |"
+              for x in rows]
+    (out / "dev.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
