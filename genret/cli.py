@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import BUCKETS, DataError, load_dataset
+from .data import BUCKETS, DataError, load_dataset, with_extra_pairs
 from .eval import DEFAULT_METRICS, evaluate
 
 
@@ -122,6 +122,11 @@ def cmd_train(args) -> int:
     if args.mode == "semantic-id" and not (args.sid or args.init):
         raise ValueError("--mode semantic-id needs --sid DIR (from `genret sid build`) or --init DIR")
     ds = load_dataset(args.data, args.threshold)
+    if args.extra_pairs:
+        n = sum(map(len, ds.qrels.values()))
+        ds = with_extra_pairs(ds, args.extra_pairs)
+        print(f"extra pairs: {sum(map(len, ds.qrels.values())) - n} train labels added from "
+              f"{args.extra_pairs}", file=sys.stderr)
     t0 = time.perf_counter()
     retriever = make_retriever(name, **params)
     work = Path(args.out).with_name(f".{Path(args.out).name}.work")
@@ -134,6 +139,30 @@ def cmd_train(args) -> int:
     state.wait_for_everyone()
     print(f"{name} trained in {time.perf_counter() - t0:.0f} s and saved to {args.out}; "
           f"evaluate: genret eval --retriever {args.mode} --model {args.out} --split dev")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .synth import synth_config, synthesize
+
+    params = parse_overrides(args.set)
+    for key in ("queries", "candidates", "preset", "backbone", "channels", "decoding",
+                "dpo_queries", "seed"):
+        if getattr(args, key) is not None:
+            params[key] = getattr(args, key)
+    if args.full:
+        params.setdefault("train", {})["full"] = True
+    cfg = synth_config(**params)  # fail on a bad option before loading any data
+    ds = load_dataset(args.data, args.threshold)
+    rep = synthesize(ds, cfg, args.out, progress=not args.quiet)
+    c, s = rep["counts"], rep["shift"]
+    print(f"{c['pairs_kept']} pairs for {c['queries_with_pairs']} of {c['queries']} train queries "
+          f"from {c['candidates']} rewrites (mean reward {rep['rewards']['combined'].get('mean', 0):.3f}; "
+          f"{c['filtered_labelled']} already labelled, {c['filtered_disagreement']} without channel "
+          f"agreement); rewrite length {s['synthetic_length_mean']:.1f} vs real "
+          f"{s['real_length_mean']:.1f} words, vocabulary overlap {s['vocab_overlap']:.3f}")
+    print(f"written to {args.out} (pairs.tsv, candidates.tsv, report.json, synth.png); use: "
+          f"genret train --mode dense --extra-pairs {Path(args.out) / 'pairs.tsv'} --out DIR")
     return 0
 
 
@@ -237,7 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any config field, e.g. --set num_beams=20 --set train.epochs=2")
+    p.add_argument("--extra-pairs", metavar="FILE",
+                   help="TSV of extra train labels (query, product_id[, grade]), e.g. the "
+                        "pairs.tsv of `genret synth`")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("synth", help="long-tail data synthesis: rewrite train queries with a "
+                                     "reward-trained LM, keep (query, product) pairs the "
+                                     "channels agree on")
+    _add_data(p)
+    p.add_argument("--out", required=True, help="output directory (pairs.tsv, report.json, ...)")
+    p.add_argument("--queries", type=int, help="train queries to rewrite, tail first (default 200)")
+    p.add_argument("--candidates", type=int, help="rewrites per query (default 8)")
+    p.add_argument("--preset", help="size of the embedded backbone: tiny or small (default)")
+    p.add_argument("--backbone", help="HF causal LM name or path (default: the embedded one)")
+    p.add_argument("--channels", help="comma-separated registry names or saved retriever "
+                                      "directories (default bm25-stem,dense-zeroshot)")
+    p.add_argument("--decoding", choices=["sample", "beam"], help="sampling (default) or beams")
+    p.add_argument("--dpo-queries", type=int, help="train queries mined for DPO pairs (0: no DPO)")
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any SynthConfig field, e.g. --set min_agree=1 --set train.max_steps=50")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("search", help="search with a saved retriever and show why")
     p.add_argument("--model", required=True, help="a saved retriever directory")

@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .artifact import dir_bytes
-from .data import BUCKETS, Dataset, load_dataset
+from .data import BUCKETS, Dataset, load_dataset, with_extra_pairs
 from .eval import DEFAULT_METRICS, Run, evaluate, exclusive_recall, rrf
 from .retriever import load_retriever, make_retriever
 
@@ -32,7 +32,8 @@ class RowConfig:
     params: dict = field(default_factory=dict)  # constructor config
     fit: dict = field(default_factory=dict)  # extra fit() arguments
     model: str | None = None  # load a saved retriever instead of fitting
-    # strings in params/fit/model may say {out}: the run's output directory
+    extra_pairs: str | None = None  # TSV of extra train labels for this row's fit (genret synth)
+    # strings in params/fit/model/extra_pairs may say {out}: the run's output directory
     batch_size: int = 1  # queries per search() call; latency = call time / batch
 
 
@@ -105,12 +106,15 @@ def _subst(value, out: Path):
 
 def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path) -> tuple[Run, dict]:
     """Fit (or load), search with timing, and save one row's retriever."""
+    if row.model and row.extra_pairs:
+        raise ValueError(f"row {row.name!r}: extra_pairs apply to a fitted row, not to a saved model")
     t0 = time.perf_counter()
     if row.model:
         retriever = load_retriever(_subst(row.model, out))
     else:
         retriever = make_retriever(row.retriever or row.name, **_subst(row.params, out))
-        retriever.fit(dataset, **_subst(row.fit, out))
+        fit_ds = with_extra_pairs(dataset, _subst(row.extra_pairs, out)) if row.extra_pairs else dataset
+        retriever.fit(fit_ds, **_subst(row.fit, out))
     fit_s = time.perf_counter() - t0
     run, lat = Run(), []
     batches = [qids[i:i + row.batch_size] for i in range(0, len(qids), row.batch_size)]

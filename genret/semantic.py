@@ -19,7 +19,6 @@ id (never catalog order). A run therefore holds at most ``num_beams`` products.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -40,38 +39,6 @@ from .training import TrainConfig, dpo, sft  # noqa: E402
 PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
 PRUNE_MODES = ("none", "drop", "adaptive")
-
-
-@contextlib.contextmanager
-def _tied_head_bias_compat():
-    """Let trl's fused LM head read ``lm_head.bias`` through peft's ``TrainableTokensWrapper``.
-
-    With ``trainable_token_indices`` on a model with tied embeddings, peft (0.21) wraps
-    the LM head too and answers only ``.weight`` (the merged, trainable weights); trl
-    (1.16) computes the SFT loss from ``lm_head.weight`` and ``lm_head.bias`` and fails on
-    the latter. While active, ``.bias`` returns the wrapped layer's bias (None for
-    Qwen2). Scoped to one training call; a no-op if peft's layout differs.
-    """
-    try:
-        from peft.utils.other import TrainableTokensWrapper as W
-        orig_has, orig_get = W._hasattr_wrapped, W._getattr_wrapped
-    except (ImportError, AttributeError):
-        yield
-        return
-
-    def has(self, name, modules):
-        return name == "bias" or orig_has(self, name, modules)
-
-    def get(self, name, modules):
-        if name == "bias":
-            return getattr(self.token_adapter.base_layer, "bias", None)
-        return orig_get(self, name, modules)
-
-    W._hasattr_wrapped, W._getattr_wrapped = has, get
-    try:
-        yield
-    finally:
-        W._hasattr_wrapped, W._getattr_wrapped = orig_has, orig_get
 
 
 def embedding_cache() -> Path:
@@ -305,9 +272,8 @@ class SemanticIDRetriever(Retriever):
             ex = self.examples(dataset, rng)
             t0 = time.perf_counter()
             trainable = None if self.cfg.train.full else self.token_map[1:].tolist()
-            with _tied_head_bias_compat():
-                self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train,
-                                 trainable_tokens=trainable)
+            self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train,
+                             trainable_tokens=trainable)
             self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
         if self.stage == "dpo":
             t0 = time.perf_counter()

@@ -9,6 +9,7 @@ scale out with ``accelerate launch`` and resume from ``out_dir`` checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,38 @@ def _lora(cfg: TrainConfig, trainable_tokens: list[int] | None):
                       target_modules=cfg.lora_targets, task_type="CAUSAL_LM", **extra)
 
 
+@contextlib.contextmanager
+def _tied_head_bias_compat():
+    """Let trl's fused LM head read ``lm_head.bias`` through peft's ``TrainableTokensWrapper``.
+
+    With ``trainable_token_indices`` on a model with tied embeddings, peft (0.21) wraps
+    the LM head too and answers only ``.weight`` (the merged, trainable weights); trl
+    (1.16) computes the SFT loss from ``lm_head.weight`` and ``lm_head.bias`` and fails on
+    the latter. While active, ``.bias`` returns the wrapped layer's bias (None for
+    Qwen2). Scoped to one training call; a no-op if peft's layout differs.
+    """
+    try:
+        from peft.utils.other import TrainableTokensWrapper as W
+        orig_has, orig_get = W._hasattr_wrapped, W._getattr_wrapped
+    except (ImportError, AttributeError):
+        yield
+        return
+
+    def has(self, name, modules):
+        return name == "bias" or orig_has(self, name, modules)
+
+    def get(self, name, modules):
+        if name == "bias":
+            return getattr(self.token_adapter.base_layer, "bias", None)
+        return orig_get(self, name, modules)
+
+    W._hasattr_wrapped, W._getattr_wrapped = has, get
+    try:
+        yield
+    finally:
+        W._hasattr_wrapped, W._getattr_wrapped = orig_has, orig_get
+
+
 def _resume(out_dir: Path) -> bool:
     return any(p.name.startswith("checkpoint-") for p in out_dir.glob("checkpoint-*"))
 
@@ -85,7 +118,8 @@ def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: 
                          peft_config=None if cfg.full else _lora(cfg, trainable_tokens))
     if cfg.full and trainable_tokens:
         model.get_input_embeddings().weight.requires_grad_(True)
-    trainer.train(resume_from_checkpoint=_resume(out_dir) or None)
+    with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext():
+        trainer.train(resume_from_checkpoint=_resume(out_dir) or None)
     trained = trainer.model
     return trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
 
