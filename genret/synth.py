@@ -1,0 +1,548 @@
+"""Long-tail data synthesis (seed 000): a multi-candidate query rewriter, trained with
+several rewards, whose rewrites are turned into curated (query, product) pairs by an
+offline retrieval pipeline.
+
+1. **Rewriter.** The backbone LM learns to rewrite by SFT on real pairs mined from the
+   train split (query A -> query B when A and B share a relevant product), then samples
+   N candidate rewrites per query.
+2. **Rewards** (pure functions below): retrieval gain, incremental recall over the
+   original query, relevance of what the rewrite retrieves, diversity among the N
+   candidates and well-formedness, combined by :func:`combined_reward`. DPO on the
+   (best, worst) candidates of training queries sharpens the rewriter.
+3. **Offline pipeline** (:class:`Pipeline`): RRF of several channels (stemmed BM25 and
+   zero-shot MiniLM by default) retrieves for every rewrite; :func:`filter_products`
+   keeps a (original query, product) pair only when enough channels agree and the pair is
+   not labelled yet.
+4. **Distribution shift** between rewrites and real queries (:func:`shift_stats`).
+
+:func:`synthesize` writes ``pairs.tsv`` (what ``genret train --extra-pairs`` reads),
+``candidates.tsv``, ``report.json`` and ``synth.png`` atomically. See docs/synth.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .artifact import atomic_dir
+from .data import BUCKETS, Dataset, terms
+from .eval import Run, rrf
+from .training import TrainConfig, dpo, sft
+
+PROMPT = "<|query|> {query}<|query|>"  # the rewrite continues like a query of pretraining
+REWARDS = ("gain", "incremental", "relevance", "diversity", "form")
+PAIR_COLUMNS = ("query", "product_id", "grade", "rewrite", "channels", "score", "reward")
+
+
+@dataclass
+class SynthConfig:
+    """Every knob of the synthesis; the defaults run on a CPU."""
+
+    backbone: str | None = None  # HF causal LM path; None = the embedded default
+    preset: str = "small"  # size of the embedded default
+    channels: list[str] = field(default_factory=lambda: ["bm25-stem", "dense-zeroshot"])
+    queries: int | None = 200  # train queries to rewrite, tail bucket first (None = all)
+    candidates: int = 8  # rewrites sampled per query
+    decoding: str = "sample"  # "sample" (top-p) or "beam" (the N best beams)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 24
+    decode_batch_size: int = 16
+    sft_pairs: int | None = 20000  # cap on the mined (A -> B) SFT pairs; 0 = no SFT (a saved rewriter)
+    dpo_queries: int = 200  # train queries whose candidates give DPO pairs (0 = no DPO)
+    k: int = 100  # depth of each channel's and the fused ranking
+    rrf_c: float = 60.0
+    judge_depth: int = 10  # fused products judged by the relevance reward
+    agree_k: int = 10  # a channel retrieves a product when it ranks it in its top agree_k
+    min_agree: int = 2  # channels that must agree for a pair to be kept
+    anchor_k: int | None = 100  # and the original query's fused top anchor_k must hold it (None: off)
+    max_pairs_per_rewrite: int = 5
+    min_reward: float = 0.0  # only rewrites with a combined reward above this give pairs
+    weights: dict = field(default_factory=lambda: {"gain": 1.0, "incremental": 1.0, "relevance": 1.0,
+                                                   "diversity": 0.5, "form": 0.5})
+    max_words: int = 12  # well-formedness: at most this many words
+    min_known: float = 0.5  # well-formedness: at least this share of known words
+    max_repeat: int = 2  # well-formedness: no word more often than this
+    shift_embeddings: bool = True  # MiniLM centroid / nearest-neighbour similarity
+    shift_sample: int = 2000  # real queries embedded for the shift check
+    compare_sft: bool = True  # with DPO, also score the SFT rewriter on the same queries
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if isinstance(self.channels, str):
+            self.channels = [c.strip() for c in self.channels.split(",") if c.strip()]
+        if self.decoding not in ("sample", "beam"):
+            raise ValueError(f"decoding {self.decoding!r}: use 'sample' or 'beam'")
+        if self.candidates < 2:
+            raise ValueError(f"candidates must be >= 2 (diversity and DPO compare them), got {self.candidates}")
+        if not self.channels:
+            raise ValueError("no channels: give at least one retriever, e.g. bm25-stem,dense-zeroshot")
+        if not 1 <= self.min_agree <= len(self.channels):
+            raise ValueError(f"min_agree {self.min_agree} must be between 1 and the number of "
+                             f"channels ({len(self.channels)}: {','.join(self.channels)})")
+        unknown = sorted(set(self.weights) - set(REWARDS))
+        if unknown or not any(self.weights.get(r, 0) > 0 for r in REWARDS):
+            raise ValueError(f"weights {self.weights}: keys must be among {REWARDS} with at least "
+                             "one positive weight")
+        if self.anchor_k is not None and not 1 <= self.anchor_k <= self.k:
+            raise ValueError(f"anchor_k {self.anchor_k} must be between 1 and k ({self.k}) or None")
+        if self.queries is not None and self.queries < 1:
+            raise ValueError(f"queries must be >= 1 or None, got {self.queries}")
+
+
+def synth_config(**cfg) -> SynthConfig:
+    """A :class:`SynthConfig` from keyword overrides; unknown keys are an error.
+    ``weights`` update the default weights (``{"diversity": 0}`` turns one reward off)."""
+    known = {f.name for f in fields(SynthConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown synth option(s) {unknown}; known: {', '.join(sorted(known))}")
+    if "weights" in cfg:
+        cfg["weights"] = {**SynthConfig().weights, **cfg["weights"]}
+    try:
+        return SynthConfig(**cfg)
+    except TypeError as e:  # a bad train.* key
+        raise ValueError(f"bad synth option: {e}") from None
+
+
+# ----------------------------------------------------------------------------- rewards
+
+def retrieval_gain(retrieved: list[str], relevant) -> float:
+    """Reward 1: the share of the query's relevant products that the rewrite retrieves,
+    ``|R ∩ rel| / |rel|`` (0 for a query without relevant products)."""
+    rel = set(relevant)
+    return len(rel.intersection(retrieved)) / len(rel) if rel else 0.0
+
+
+def incremental_recall(retrieved: list[str], original: list[str], relevant) -> float:
+    """Reward 2: relevant products the rewrite retrieves and the original query does not,
+    ``|(R \\ O) ∩ rel| / |rel|``."""
+    rel = set(relevant)
+    return len(rel.intersection(retrieved) - set(original)) / len(rel) if rel else 0.0
+
+
+def relevance(judged: list[str], labels: dict[str, float], threshold: float,
+              agreement: dict[str, float]) -> float:
+    """Reward 3: mean relevance of the judged products (the rewrite's fused top ranks):
+    a labelled product counts 1 if its grade reaches ``threshold``, else 0; an unlabelled
+    one counts its channel agreement (share of channels retrieving it). 0 for none."""
+    if not judged:
+        return 0.0
+    return float(np.mean([(labels[p] >= threshold) if p in labels else agreement.get(p, 0.0)
+                          for p in judged]))
+
+
+def _jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def diversity(candidates: list[str]) -> list[float]:
+    """Reward 4, per candidate: 1 - the largest word-set Jaccard similarity to another
+    candidate of the same query (a duplicate scores 0, a lone candidate 1)."""
+    sets = [set(terms(c)) for c in candidates]
+    return [1.0 - max((_jaccard(s, t) for j, t in enumerate(sets) if j != i), default=0.0)
+            for i, s in enumerate(sets)]
+
+
+def well_formed(rewrite: str, query: str, vocab: set[str], max_words: int = 12,
+                min_known: float = 0.5, max_repeat: int = 2) -> float:
+    """Reward 5: 0 for a rewrite that has no word of 3+ characters (empty or debris),
+    has the query's words (same word set), more than ``max_words`` words, a word more
+    than ``max_repeat`` times, or fewer than ``min_known`` known words; otherwise the
+    share of its words found in ``vocab``."""
+    words = terms(rewrite)
+    if max(map(len, words), default=0) < 3 or set(words) == set(terms(query)) or len(words) > max_words:
+        return 0.0
+    if max(Counter(words).values()) > max_repeat:
+        return 0.0
+    known = sum(w in vocab for w in words) / len(words)
+    return known if known >= min_known else 0.0
+
+
+def combined_reward(rewards: dict[str, float], weights: dict[str, float]) -> float:
+    """``R = [form > 0] · Σ_i w_i r_i / Σ_i w_i``: the weighted mean of the rewards, and
+    0 for an ill-formed rewrite whatever else it scores."""
+    if rewards.get("form", 1.0) <= 0:
+        return 0.0
+    total = sum(w for r, w in weights.items() if w > 0)
+    return sum(w * rewards[r] for r, w in weights.items() if w > 0) / total
+
+
+# ----------------------------------------------------------------------------- filter
+
+def agreement(channel_lists: dict[str, list[str]]) -> dict[str, float]:
+    """Product -> share of the channels whose list contains it."""
+    counts = Counter(p for ids in channel_lists.values() for p in set(ids))
+    return {p: c / len(channel_lists) for p, c in counts.items()}
+
+
+def filter_products(channel_lists: dict[str, list[str]], fused: list[tuple[str, float]],
+                    labelled, min_agree: int = 2, max_pairs: int | None = None,
+                    anchor=None) -> list[tuple[str, list[str], float]]:
+    """The relevance filter: ``(product, channels, fused score)`` for the products of the
+    rewrite's fused ranking (best first) that at least ``min_agree`` channel lists
+    (each a channel's top-k for the rewrite) contain, that are not ``labelled`` for the
+    original query and, when an ``anchor`` set is given (what the original query
+    retrieves), that are in it; at most ``max_pairs``."""
+    out = []
+    for p, score in fused:
+        chans = [c for c, ids in channel_lists.items() if p in ids]
+        if len(chans) >= min_agree and p not in labelled and (anchor is None or p in anchor):
+            out.append((p, chans, float(score)))
+            if max_pairs is not None and len(out) >= max_pairs:
+                break
+    return out
+
+
+# ----------------------------------------------------------------------------- shift
+
+def shift_stats(rewrites: list[str], real: list[str], embed=None) -> dict:
+    """Distribution shift of the rewrites against real queries: word-length mean/std of
+    both, the share of rewrite words seen in the real queries, and with ``embed``
+    (texts -> L2-normalised rows) the cosine of the two centroids, the mean
+    nearest-neighbour cosine of each rewrite to the real queries, and as its baseline the
+    same for each real query to the other real queries."""
+    lens = {name: [len(terms(t)) for t in texts] for name, texts in (("synthetic", rewrites), ("real", real))}
+    vocab = {w for t in real for w in terms(t)}
+    words = [w for t in rewrites for w in terms(t)]
+    out = {f"{name}_length_{f.__name__}": float(f(v)) if v else 0.0
+           for name, v in lens.items() for f in (np.mean, np.std)}
+    out["vocab_overlap"] = sum(w in vocab for w in words) / len(words) if words else 0.0
+    if embed is not None and rewrites and len(real) > 1:
+        s, r = embed(rewrites), embed(real)
+        cs, cr = s.mean(0), r.mean(0)
+        out["centroid_cosine"] = float(cs @ cr / (np.linalg.norm(cs) * np.linalg.norm(cr)))
+        out["mean_nn_similarity"] = float((s @ r.T).max(1).mean())
+        rr = r @ r.T
+        np.fill_diagonal(rr, -np.inf)
+        out["real_nn_similarity"] = float(rr.max(1).mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+class Pipeline:
+    """The offline retrieval pipeline: each channel is a registry name (fitted here) or a
+    saved retriever directory; their runs are fused by reciprocal-rank fusion."""
+
+    def __init__(self, channels: list[str], k: int = 100, c: float = 60.0):
+        self.specs, self.k, self.c = list(channels), k, c
+        self.retrievers: dict = {}
+
+    def fit(self, dataset: Dataset, progress: bool = False) -> "Pipeline":
+        from .retriever import load_retriever, make_retriever
+
+        for spec in self.specs:
+            if "/" in spec and not Path(spec).is_dir():
+                raise ValueError(f"channel {spec!r}: no such retriever directory; give a registry "
+                                 "name (bm25-stem, dense-zeroshot, ...) or a saved retriever")
+            self.retrievers[spec] = (load_retriever(spec) if Path(spec).is_dir()
+                                     else make_retriever(spec).fit(dataset, progress=progress))
+        return self
+
+    def search(self, queries: dict[str, str], progress: bool = False) -> tuple[dict[str, Run], Run]:
+        """(per-channel runs, fused run) for ``queries`` (id -> text)."""
+        runs = {name: r.search(queries, self.k, progress=progress) for name, r in self.retrievers.items()}
+        return runs, rrf(list(runs.values()), self.k, self.c)
+
+    def embedder(self):
+        """texts -> normalised MiniLM rows: a dense channel's encoder, else the default one."""
+        from .dense import DenseRetriever, _encode, load_encoder
+
+        dense = next((r for r in self.retrievers.values() if isinstance(r, DenseRetriever)), None)
+        if dense is not None:
+            return dense.encode_queries
+        model = load_encoder(None)
+        return lambda texts: _encode(model, texts, 128, None, False, "queries")
+
+
+# ----------------------------------------------------------------------------- rewriter
+
+def rewrite_pairs(dataset: Dataset, max_pairs: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+    """(query A, query B) for train queries that share a relevant product and differ in
+    their words, both directions; a seeded sample of ``max_pairs``, in a fixed order."""
+    by_product: dict[str, list[str]] = {}
+    for q in dataset.split("train"):
+        for p in dataset.relevant(q):
+            by_product.setdefault(p, []).append(dataset.queries[q])
+    pairs = {(a, b) for texts in by_product.values() for a in texts for b in texts
+             if set(terms(a)) != set(terms(b))}
+    key = lambda ab: hashlib.sha1(f"{seed}:{ab[0]}\0{ab[1]}".encode()).digest()  # noqa: E731
+    return sorted(pairs, key=key)[:max_pairs]
+
+
+def _prompt_ids(tokenizer, query: str) -> list[int]:
+    return tokenizer(PROMPT.format(query=query), add_special_tokens=False)["input_ids"]
+
+
+def generate(model, tokenizer, queries: list[str], cfg: SynthConfig, progress: bool = False) -> list[list[str]]:
+    """Up to ``cfg.candidates`` distinct rewrites per query (sampled or beams): the text up
+    to the first special token, whitespace-normalised, duplicates dropped."""
+    special = set(tokenizer.all_special_ids)
+    pad = tokenizer.pad_token_id
+    n = cfg.candidates
+    kw = (dict(do_sample=True, top_p=cfg.top_p, temperature=cfg.temperature, num_beams=1)
+          if cfg.decoding == "sample" else dict(do_sample=False, num_beams=n))
+    model.eval()
+    torch.manual_seed(cfg.seed)
+    out = []
+    for i in tqdm(range(0, len(queries), cfg.decode_batch_size), desc="rewrite", disable=not progress):
+        ids = [_prompt_ids(tokenizer, q) for q in queries[i:i + cfg.decode_batch_size]]
+        width = max(map(len, ids))
+        inp = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            gen = model.generate(input_ids=inp, attention_mask=mask, num_return_sequences=n,
+                                 max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=pad, **kw)
+        for b in range(len(ids)):
+            texts = []
+            for seq in gen[b * n:(b + 1) * n, width:].tolist():
+                cut = next((j for j, t in enumerate(seq) if t in special), len(seq))
+                text = " ".join(tokenizer.decode(seq[:cut]).split())
+                if text not in texts:
+                    texts.append(text)
+            out.append(texts)
+    return out
+
+
+@dataclass
+class Candidate:
+    """One rewrite of one query with its rewards and the pairs the filter kept."""
+
+    query_id: str
+    text: str
+    rewards: dict[str, float]
+    reward: float
+    kept: list[tuple[str, list[str], float]]
+    audit: dict[str, int]  # the filter on the fused top: drops by reason, and labelled ones it passes
+
+
+def assess(pipeline: Pipeline, dataset: Dataset, cands: dict[str, list[str]], vocab: set[str],
+           cfg: SynthConfig, progress: bool = False) -> list[Candidate]:
+    """Retrieve for every candidate and its original query, score the five rewards and
+    run the relevance filter on candidates whose combined reward exceeds ``min_reward``.
+    With ``anchor_k`` an unlabelled product the original query does not retrieve counts
+    as irrelevant (agreement 0) and is filtered out."""
+    texts = {f"{q}\t{j}": t for q, ts in cands.items() for j, t in enumerate(ts) if t.strip()}
+    runs, fused = pipeline.search({**texts, **{q: dataset.queries[q] for q in cands}}, progress)
+    out = []
+    for q, ts in cands.items():
+        rel, labels = dataset.relevant(q), dataset.qrels.get(q, {})
+        original = fused[q].ids if q in fused else []
+        anchor = set(original[:cfg.anchor_k]) if cfg.anchor_k else None
+        div = diversity(ts)
+        for j, t in enumerate(ts):
+            key = f"{q}\t{j}"
+            hit = fused.get(key)
+            got = hit.ids if hit else []
+            lists = {c: r[key].ids[:cfg.agree_k] if key in r else [] for c, r in runs.items()}
+            agree = {p: a for p, a in agreement(lists).items() if anchor is None or p in anchor}
+            rw = {"gain": retrieval_gain(got, rel),
+                 "incremental": incremental_recall(got, original, rel),
+                 "relevance": relevance(got[:cfg.judge_depth], labels, dataset.threshold, agree),
+                 "diversity": div[j],
+                 "form": well_formed(t, dataset.queries[q], vocab, cfg.max_words, cfg.min_known, cfg.max_repeat)}
+            total = combined_reward(rw, cfg.weights)
+            top = list(zip(got, hit.scores))[:cfg.agree_k] if hit and total > cfg.min_reward else []
+            kept = filter_products(lists, top, labels, cfg.min_agree, cfg.max_pairs_per_rewrite, anchor)
+            n_agree = {p: sum(p in ids for ids in lists.values()) for p, _ in top}
+            passed = [p for p in n_agree if n_agree[p] >= cfg.min_agree and (anchor is None or p in anchor)]
+            audit = {"labelled": sum(p in labels for p in n_agree),
+                     "disagreement": sum(p not in labels and n_agree[p] < cfg.min_agree for p in n_agree),
+                     "unanchored": sum(p not in labels and anchor is not None and p not in anchor
+                                       for p in n_agree),
+                     "labelled_passed": sum(p in labels for p in passed),
+                     "labelled_passed_relevant": sum(p in rel for p in passed)}
+            out.append(Candidate(q, t, rw, total, kept, audit))
+    return out
+
+
+def dpo_pairs(dataset: Dataset, candidates: list[Candidate]) -> list[dict]:
+    """One preference pair per query: chosen = its best-rewarded candidate, rejected = its
+    worst, when their rewards differ."""
+    by_q: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_q.setdefault(c.query_id, []).append(c)
+    pairs = []
+    for q, cs in by_q.items():
+        best, worst = max(cs, key=lambda c: c.reward), min(cs, key=lambda c: c.reward)
+        if best.reward > worst.reward:
+            pairs.append({"prompt": PROMPT.format(query=dataset.queries[q]),
+                          "chosen": " " + best.text, "rejected": " " + worst.text})
+    return pairs
+
+
+def pick_queries(dataset: Dataset, n: int | None, seed: int = 0) -> list[str]:
+    """Train query ids (labelled or not) in bucket order tail, torso, head, seeded within a
+    bucket; the first ``n``."""
+    b = dataset.buckets()
+    order = {name: i for i, name in enumerate(reversed(BUCKETS))}
+    qids = sorted(dataset.split("train", evaluated_only=False),
+                  key=lambda q: (order[b[q]], hashlib.sha1(f"{seed}:{q}".encode()).digest()))
+    return qids[:n]
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+def _summary(values) -> dict:
+    v = np.asarray(list(values), dtype=float)
+    if not len(v):
+        return {"n": 0}
+    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()),
+            **{f"p{p}": float(np.percentile(v, p)) for p in (10, 50, 90)}}
+
+
+def _precision(cands: list[Candidate]) -> dict:
+    """Of the products that pass the filter but are labelled already (so are not written),
+    the share labelled relevant: the filter's precision where labels can tell."""
+    n = sum(c.audit["labelled_passed"] for c in cands)
+    hit = sum(c.audit["labelled_passed_relevant"] for c in cands)
+    return {"labelled_passed": n, "relevant": hit, "precision": hit / n if n else None}
+
+
+def _tsv(value) -> str:
+    return " ".join(str(value).split())  # no tab or newline may reach a TSV cell
+
+
+def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train the rewriter (SFT, then DPO), rewrite ``cfg.queries`` train queries, curate
+    pairs and write ``out/{pairs.tsv, candidates.tsv, report.json, synth.png}`` and the
+    rewriter (``out/rewriter``, a backbone directory: pass it as ``backbone`` with
+    ``sft_pairs=0, dpo_queries=0`` to rewrite more queries) atomically. Returns the report."""
+    from .backbone import default_backbone, encode_text, load_backbone, save_backbone
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory; choose another --out")
+    t = {}
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    path = cfg.backbone or default_backbone(dataset, cfg.preset, cfg.seed, progress=progress)
+    model, tokenizer = load_backbone(path)
+    pairs = rewrite_pairs(dataset, cfg.sft_pairs, cfg.seed) if cfg.sft_pairs != 0 else []
+    if cfg.sft_pairs != 0 and not pairs:
+        raise ValueError(f"{dataset.name}: no two train queries share a relevant product, so no "
+                         "rewrite pairs can be mined to teach the rewriter")
+    t["backbone_seconds"] = time.perf_counter() - t0
+    qids = pick_queries(dataset, cfg.queries, cfg.seed)
+    texts = lambda qs: [dataset.queries[q] for q in qs]  # noqa: E731
+    work = Path(tempfile.mkdtemp(prefix="genret-synth-"))
+    train_cfg = replace(cfg.train, progress=cfg.train.progress and progress)
+    mined: list[Candidate] = []
+    before: list[Candidate] = []
+    prefs: list[dict] = []
+    try:
+        if pairs:
+            t0 = time.perf_counter()
+            model = sft(model, tokenizer, [(_prompt_ids(tokenizer, a), encode_text(tokenizer, b))
+                                           for a, b in pairs], work / "sft", train_cfg)
+            t["sft_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pipeline = Pipeline(cfg.channels, cfg.k, cfg.rrf_c).fit(dataset, progress)
+        t["pipeline_fit_seconds"] = time.perf_counter() - t0
+        vocab = {w for text in [*dataset.titles, *texts(dataset.split("train", evaluated_only=False))]
+                 for w in terms(text)}
+        if cfg.dpo_queries:
+            t0 = time.perf_counter()
+            if cfg.compare_sft:
+                gen = generate(model, tokenizer, texts(qids), cfg, progress)
+                before = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress)
+            rng = np.random.default_rng(cfg.seed)
+            train_q = dataset.split("train")
+            dq = sorted(train_q[i] for i in rng.permutation(len(train_q))[:cfg.dpo_queries])
+            gen = generate(model, tokenizer, texts(dq), cfg, progress)
+            mined = assess(pipeline, dataset, dict(zip(dq, gen)), vocab, cfg, progress)
+            prefs = dpo_pairs(dataset, mined)
+            if prefs:
+                model = dpo(model, tokenizer, prefs, work / "dpo", train_cfg)
+            t["dpo_seconds"] = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    t0 = time.perf_counter()
+    gen = generate(model, tokenizer, texts(qids), cfg, progress)
+    t["generate_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cands = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress)
+    t["assess_seconds"] = time.perf_counter() - t0
+    best: dict[tuple[str, str], tuple[Candidate, list[str], float]] = {}
+    for c in cands:
+        for p, chans, score in c.kept:
+            if (c.query_id, p) not in best or c.reward > best[c.query_id, p][0].reward:
+                best[c.query_id, p] = (c, chans, score)
+    t0 = time.perf_counter()
+    real = [dataset.queries[q] for q in dataset.split("train", evaluated_only=False)]
+    real = sorted(real, key=lambda s: hashlib.sha1(f"{cfg.seed}:{s}".encode()).digest())[:cfg.shift_sample]
+    shift = shift_stats([c.text for c in cands if terms(c.text)], real,
+                        pipeline.embedder() if cfg.shift_embeddings else None)
+    t["shift_seconds"] = time.perf_counter() - t0
+    buckets = dataset.buckets()
+    report = {
+        "dataset": dataset.summary(), "backbone": str(path), "config": asdict(cfg),
+        "counts": {"sft_pairs": len(pairs), "dpo_queries": len({c.query_id for c in mined}),
+                   "dpo_pairs": len(prefs), "queries": len(qids),
+                   "queries_by_bucket": dict(Counter(buckets[q] for q in qids)),
+                   "candidates": len(cands),
+                   "rewrites_rewarded": sum(c.reward > cfg.min_reward for c in cands),
+                   "ill_formed": sum(c.rewards["form"] == 0 for c in cands),
+                   "pairs_passing_filter": sum(len(c.kept) for c in cands),
+                   **{f"filtered_{k}": sum(c.audit[k] for c in cands)
+                      for k in ("labelled", "disagreement", "unanchored")},
+                   "pairs_kept": len(best),
+                   "queries_with_pairs": len({q for q, _ in best})},
+        "rewards": {**{r: _summary(c.rewards[r] for c in cands) for r in REWARDS},
+                    "combined": _summary(c.reward for c in cands),
+                    "combined_sft_rewriter": _summary(c.reward for c in before),
+                    "combined_dpo_mining": _summary(c.reward for c in mined)},
+        "filter_precision_on_labelled": {"synthesis": _precision(cands), "dpo_mining": _precision(mined)},
+        "shift": shift, "timings": {k: round(v, 2) for k, v in t.items()},
+    }
+    with atomic_dir(out, "synth", 1, config=asdict(cfg), n_pairs=len(best)) as tmp:
+        with open(tmp / "pairs.tsv", "w", encoding="utf-8") as f:
+            f.write("\t".join(PAIR_COLUMNS) + "\n")
+            for (q, p), (c, chans, score) in sorted(best.items(), key=lambda kv: (kv[0][0], -kv[1][2], kv[0][1])):
+                f.write("\t".join(_tsv(v) for v in (dataset.queries[q], p, dataset.threshold, c.text,
+                                                     "+".join(chans), f"{score:.6g}", f"{c.reward:.4f}")) + "\n")
+        with open(tmp / "candidates.tsv", "w", encoding="utf-8") as f:
+            f.write("\t".join(["query", "rewrite", "reward", *REWARDS, "pairs"]) + "\n")
+            for c in cands:
+                f.write("\t".join(_tsv(v) for v in (dataset.queries[c.query_id], c.text, f"{c.reward:.4f}",
+                                                     *(f"{c.rewards[r]:.4f}" for r in REWARDS),
+                                                     len(c.kept))) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        plot(cands, real, tmp / "synth.png")
+        save_backbone(model, tokenizer, tmp / "rewriter", rewriter_of=str(path))
+    return report
+
+
+def plot(cands: list[Candidate], real: list[str], path: Path) -> None:
+    """Two panels: the combined reward of the candidates, and word lengths real vs synthetic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.hist([c.reward for c in cands], bins=20, color="tab:blue")
+    a.set(xlabel="combined reward", ylabel="candidates", title="Reward of the rewrites")
+    lens = [[len(terms(t)) for t in real], [len(terms(c.text)) for c in cands]]
+    bins = np.arange(0, max(max(x, default=0) for x in lens) + 2) - 0.5
+    b.hist(lens, bins=bins, density=True, label=["real train queries", "rewrites"])
+    b.set(xlabel="words", ylabel="share", title="Query length")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
