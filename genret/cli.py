@@ -67,6 +67,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .harness import report
+
+    ds = load_dataset(args.data, args.threshold) if args.data else None
+    print(report(args.dir, ds))
+    print(f"re-rendered {args.dir}/ (metrics.json, table.md, table.csv, *.png) from its runs/")
+    return 0
+
+
 def cmd_pretrain(args) -> int:
     from .backbone import backbone_info, get_preset, pretrain
 
@@ -243,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="re-render a finished comparison from its saved runs (no retraining)")
+    p.add_argument("dir", help="the --out directory of a `genret compare` run")
+    _add_data(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("pretrain", help="train the embedded backbone (BPE tokenizer + small Qwen2 LM) "
                                         "on the catalog titles and train queries")

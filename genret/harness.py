@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .artifact import dir_bytes
-from .data import BUCKETS, Dataset, load_dataset, with_extra_pairs
+from .data import BUCKETS, Dataset, load_dataset, synthetic_dataset, with_extra_pairs
 from .eval import DEFAULT_METRICS, Run, evaluate, exclusive_recall, rrf
 from .retriever import load_retriever, make_retriever
 
@@ -154,18 +154,59 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
         runs[fu.name] = rrf([runs[m] for m in fu.members], cfg.k, fu.c)
         entries.append({"name": fu.name, "members": fu.members, "fit_seconds": None,
                         "latency_ms_p50": None, "latency_ms_p95": None, "index_bytes": None})
-    excl = exclusive_recall({e["name"]: runs[e["name"]] for e in entries if "members" not in e},
-                            view, qids, cfg.exclusive_k)
     for e in entries:
         runs[e["name"]].write_trec(out / "runs" / f"{e['name']}.trec", e["name"])
-        ev = evaluate(runs[e["name"]], view, qids)
-        e.update(metrics=ev["overall"], buckets=ev["buckets"],
-                 recall_curve=dict(zip(map(str, CURVE_KS), recall_curve(runs[e["name"]], view, qids))),
-                 exclusive_recall=excl.get(e["name"]))
+    score_entries(entries, runs, view, qids, cfg.exclusive_k)
     meta = {"config": asdict(cfg), "dataset": view.summary(), "n_queries": len(qids),
             "query_ids": qids}
     write_results(entries, meta, out)
     return entries
+
+
+def score_entries(entries: list[dict], runs: dict[str, Run], view: Dataset, qids: list[str],
+                  exclusive_k: int) -> None:
+    """Add metrics, per-bucket metrics, the recall curve and exclusive recall (channels
+    only, not fusion rows) to each entry, from its run."""
+    excl = exclusive_recall({e["name"]: runs[e["name"]] for e in entries if "members" not in e},
+                            view, qids, exclusive_k)
+    for e in entries:
+        ev = evaluate(runs[e["name"]], view, qids)
+        e.update(metrics=ev["overall"], buckets=ev["buckets"],
+                 recall_curve=dict(zip(map(str, CURVE_KS), recall_curve(runs[e["name"]], view, qids))),
+                 exclusive_recall=excl.get(e["name"]))
+
+
+def report(out: str | Path, dataset: Dataset | None = None) -> str:
+    """Re-render a finished comparison from what it saved (``metrics.json`` and
+    ``runs/*.trec``): re-evaluate every run on the same queries and rewrite the tables and
+    plots. Nothing is loaded or trained. Returns the markdown table."""
+    out = Path(out)
+    try:
+        saved = json.loads((out / "metrics.json").read_text())
+        meta, entries = saved["meta"], saved["retrievers"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{out}: not a finished comparison (metrics.json missing or unreadable: {e}); "
+                         "run `genret compare` first") from None
+    raw = dict(meta["config"])
+    cfg = CompareConfig(**{**raw, "retrievers": [RowConfig(**r) for r in raw["retrievers"]],
+                           "fusion": [FusionConfig(**f) for f in raw["fusion"]]})
+    if dataset is None:
+        dataset = synthetic_dataset() if meta["dataset"]["name"] == "synthetic" else load_dataset(cfg.data)
+    view, _ = prepare(cfg, dataset)
+    qids = meta["query_ids"]
+    missing = [q for q in qids if q not in view.queries]
+    if missing:
+        raise ValueError(f"{out}: {len(missing)} of its queries (e.g. {missing[0]!r}) are not in this "
+                         "dataset; give the --data the comparison ran on")
+    runs = {}
+    for e in entries:
+        path = out / "runs" / f"{e['name']}.trec"
+        if not path.exists():
+            raise ValueError(f"{path}: missing; the comparison directory is incomplete")
+        runs[e["name"]] = Run.read_trec(path)
+    score_entries(entries, runs, view, qids, cfg.exclusive_k)
+    meta["dataset"] = view.summary()
+    return write_results(entries, meta, out)
 
 
 def table_markdown(entries: list[dict], meta: dict) -> str:

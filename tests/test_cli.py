@@ -52,6 +52,17 @@ def test_compare_writes_everything(synthetic_dir, tmp_path, capsys):
     assert set(e["buckets"]) == {"head", "torso", "tail"}
     for f in ("table.md", "table.csv", "recall_at_k.png", "runs/bm25.trec", "runs/rrf.trec"):
         assert (out / f).stat().st_size > 0
+    # `genret report` re-renders the same table from the saved runs, without retrievers
+    table = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    assert main(["report", str(out), "--data", str(synthetic_dir), "--threshold", "2.5"]) == 0
+    assert (out / "table.md").read_text() == table
+    # a doctored run changes the re-rendered numbers: they come from runs/, not metrics.json
+    (out / "runs" / "bm25.trec").write_text("")
+    assert main(["report", str(out), "--data", str(synthetic_dir), "--threshold", "2.5"]) == 0
+    again = json.loads((out / "metrics.json").read_text())["retrievers"][0]
+    assert again["metrics"]["R@100"] == 0.0 and metrics["retrievers"][0]["metrics"]["R@100"] > 0
+    assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
 def test_compare_rejects_unknown_config_keys(tmp_path, capsys):
