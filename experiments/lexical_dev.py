@@ -1,9 +1,9 @@
-"""Tune the lexical GR decoding on the dev split (never test): beam width and
-``max_occurrences``, for a saved multispan model. Each beam width is decoded once; the
+"""Tune the lexical GR decoding on the dev split (never test): beam width, the cap on
+P(n|q) in the span weights and ``max_occurrences``, for a saved multispan model. Each beam width is decoded once; the
 scoring variants reuse the beams.
 
     python experiments/lexical_dev.py --model results/lexical/models/gr-multispan-sft \\
-        --beams 5 10 20 --out results/lexical-dev
+        --beams 10 20 --prob-caps 0.999999 0.99 0.9 0.5 --out results/lexical-dev
 
 Writes OUT/dev.json (metrics per setting, decode ms/query) and OUT/dev.md.
 """
@@ -11,6 +11,7 @@ Writes OUT/dev.json (metrics per setting, decode ms/query) and OUT/dev.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data")
     p.add_argument("--beams", type=int, nargs="+", default=[10])
-    p.add_argument("--max-occurrences", type=int, nargs="+", default=[20000, 2000])
+    p.add_argument("--max-occurrences", type=int, nargs="+", default=[20000])
+    p.add_argument("--prob-caps", type=float, nargs="+", default=[1 - 1e-6])
     p.add_argument("--queries", type=int, help="first N dev queries only")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -43,19 +45,20 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         hyps = r.decode([ds.queries[q] for q in qids], progress=True)
         ms = 1000 * (time.perf_counter() - t0) / len(qids)
-        for mo in args.max_occurrences:
-            r.cfg.max_occurrences = mo
+        for mo, cap in itertools.product(args.max_occurrences, args.prob_caps):
+            r.cfg.max_occurrences, r.cfg.span_prob_cap = mo, cap
             run = Run()
             for q, hs in zip(qids, hyps):
                 ids, scores, _ = r._rank(hs, 1000)
                 run.add(q, ids, scores)
             res = evaluate(run, ds, qids)
-            rows.append({"num_beams": beams, "max_occurrences": mo, "decode_ms_per_query": ms,
-                         **res["overall"], "tail": res["buckets"]["tail"]})
+            rows.append({"num_beams": beams, "max_occurrences": mo, "span_prob_cap": cap,
+                         "decode_ms_per_query": ms, **res["overall"], "tail": res["buckets"]["tail"]})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "tail"}), flush=True)
     (out / "dev.json").write_text(json.dumps({"model": args.model, "n_queries": len(qids), "rows": rows}, indent=1))
-    lines = ["| beams | max_occ | R@10 | R@100 | R@1000 | MRR@10 | tail R@100 | decode ms/q |", "|---" * 8 + "|"]
-    lines += [f"| {x['num_beams']} | {x['max_occurrences']} | {x['R@10']:.4f} | {x['R@100']:.4f} | "
+    lines = ["| beams | max_occ | P(n|q) cap | R@10 | R@100 | R@1000 | MRR@10 | tail R@100 | decode ms/q |",
+             "|---" * 9 + "|"]
+    lines += [f"| {x['num_beams']} | {x['max_occurrences']} | {x['span_prob_cap']:g} | {x['R@10']:.4f} | {x['R@100']:.4f} | "
               f"{x['R@1000']:.4f} | {x['MRR@10']:.4f} | {x['tail']['R@100']:.4f} | {x['decode_ms_per_query']:.0f} |"
               for x in rows]
     (out / "dev.md").write_text("\n".join(lines) + "\n")

@@ -92,11 +92,14 @@ def choose_spans(query_words: list[str], ids: list[int], words: list[tuple[int, 
 
 # ----------------------------------------------------------------------------- scoring
 
-def span_weights(hyps, constraint: FMIndexSpanConstraint, n_tokens: int) -> dict[tuple, float]:
+def span_weights(hyps, constraint: FMIndexSpanConstraint, n_tokens: int,
+                 prob_cap: float = 1 - 1e-6) -> dict[tuple, float]:
     """SEAL's weight of each decoded span n:
     ``w(n) = max(0, log[P(n|q)(1 - P(n)) / (P(n)(1 - P(n|q)))])`` where ``P(n|q)`` is the
     marginal probability that a beam contains n (beam probabilities renormalised over the
-    returned beams) and ``P(n) = count(n) / n_tokens`` is its corpus frequency."""
+    returned beams), capped at ``prob_cap``, and ``P(n) = count(n) / n_tokens`` is its
+    corpus frequency. A span in every beam has P(n|q) -> 1 and an unbounded weight; the
+    cap bounds its lead over the rarity term log((1 - P(n)) / P(n))."""
     if not hyps:
         return {}
     s = np.array([h.score for h in hyps])
@@ -108,7 +111,7 @@ def span_weights(hyps, constraint: FMIndexSpanConstraint, n_tokens: int) -> dict
             marg[span] = marg.get(span, 0.0) + pb
     out = {}
     for span, pq in marg.items():
-        pq = min(pq, 1 - 1e-6)
+        pq = min(pq, prob_cap)
         prior = max(constraint.index.count(np.array(span)), 1) / n_tokens
         w = np.log(pq * (1 - prior) / (prior * (1 - pq)))
         if w > 0:
@@ -162,6 +165,7 @@ class MultispanConfig:
     decode_batch_size: int = 8
     indexing_examples: bool = True  # title fragments -> spans, one per product
     max_occurrences: int = 20000
+    span_prob_cap: float = 1 - 1e-6  # cap on P(n|q) in the span weight (span_weights)
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -322,7 +326,7 @@ class MultispanRetriever(Retriever):
                                        progress=progress)
 
     def _rank(self, hyps, k: int) -> tuple[list[str], np.ndarray, dict[tuple, float]]:
-        w = span_weights(hyps, self.constraint, self.index.n_tokens)
+        w = span_weights(hyps, self.constraint, self.index.n_tokens, self.cfg.span_prob_cap)
         docs, sc = score_products(self.index, w, self.doc_starts, self.cfg.max_occurrences)
         order = top_k(sc, k, self.keys[docs])
         return [self.product_ids[docs[i]] for i in order], sc[order], w

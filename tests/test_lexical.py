@@ -71,6 +71,9 @@ def test_span_weights_follow_seal(index):
     assert w[(11, 12)] == pytest.approx(seal(0.75, 1))
     assert w[(10,)] == pytest.approx(seal(0.75, 2))
     assert w[(15,)] == pytest.approx(seal(0.25, 1))
+    # the cap on P(n|q) bounds the weight of spans most beams share
+    capped = span_weights(hyps, c, index.n_tokens, prob_cap=0.5)
+    assert capped[(11, 12)] == pytest.approx(seal(0.5, 1)) and capped[(15,)] == w[(15,)]
 
 
 # ----------------------------------------------------------------------------- end to end
