@@ -470,6 +470,7 @@ class DenseRetriever(Retriever):
     """Dual encoder + Faiss. ``DenseRetriever(**DenseConfig fields)``."""
 
     kind = "dense"
+    search_settings = ("nprobe", "extra", "encode_batch_size")
 
     def __init__(self, **cfg):
         self.cfg = _config(**cfg)
@@ -570,6 +571,11 @@ class DenseRetriever(Retriever):
         return other
 
     # -- search
+    def configure(self, **settings) -> "DenseRetriever":
+        super().configure(**settings)
+        self.set_nprobe(self.cfg.nprobe)  # reaches the Faiss index
+        return self
+
     def set_nprobe(self, nprobe: int) -> None:
         """Change the IVF lists probed per query (a no-op for flat)."""
         if nprobe < 1:

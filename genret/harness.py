@@ -31,7 +31,7 @@ class RowConfig:
     retriever: str | None = None  # registry name; defaults to ``name``
     params: dict = field(default_factory=dict)  # constructor config
     fit: dict = field(default_factory=dict)  # extra fit() arguments
-    model: str | None = None  # load a saved retriever instead of fitting
+    model: str | None = None  # load a saved retriever instead of fitting (params: search-time settings)
     extra_pairs: str | None = None  # TSV of extra train labels for this row's fit (genret synth)
     # strings in params/fit/model/extra_pairs may say {out}: the run's output directory
     batch_size: int = 1  # queries per search() call; latency = call time / batch
@@ -110,7 +110,7 @@ def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path
         raise ValueError(f"row {row.name!r}: extra_pairs apply to a fitted row, not to a saved model")
     t0 = time.perf_counter()
     if row.model:
-        retriever = load_retriever(_subst(row.model, out))
+        retriever = load_retriever(_subst(row.model, out)).configure(**_subst(row.params, out))
     else:
         retriever = make_retriever(row.retriever or row.name, **_subst(row.params, out))
         fit_ds = with_extra_pairs(dataset, _subst(row.extra_pairs, out)) if row.extra_pairs else dataset

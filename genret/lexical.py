@@ -175,6 +175,7 @@ class MultispanRetriever(Retriever):
     """Query -> multispan decoding under an FM-index -> SEAL-style product scores."""
 
     kind = "gr-multispan"
+    search_settings = ("num_beams", "max_new_tokens", "decode_batch_size", "max_occurrences", "span_prob_cap")
 
     def __init__(self, stage: str = "sft", init: str | None = None, **cfg):
         if stage not in ("sft", "dpo"):

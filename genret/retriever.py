@@ -7,6 +7,7 @@ as ids "0", "1", ...).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from collections.abc import Mapping
@@ -54,6 +55,17 @@ class Retriever:
 
     kind = "retriever"
     version = 1
+    search_settings: tuple[str, ...] = ()  # config fields a saved retriever may change
+
+    def configure(self, **settings) -> "Retriever":
+        """Change search-time settings (``search_settings``) of a fitted or loaded
+        retriever, e.g. the beam width; anything else would need refitting."""
+        bad = sorted(set(settings) - set(self.search_settings))
+        if bad:
+            raise ValueError(f"{self.kind}: {bad} cannot change after fitting; search-time "
+                             f"settings: {', '.join(self.search_settings) or 'none'}")
+        self.cfg = dataclasses.replace(self.cfg, **settings)
+        return self
 
     def fit(self, dataset, **cfg) -> "Retriever":
         raise NotImplementedError

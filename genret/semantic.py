@@ -100,6 +100,7 @@ class SemanticIDRetriever(Retriever):
     """Query -> trie-constrained beam search over semantic IDs -> one product per beam."""
 
     kind = "gr-sid"
+    search_settings = ("num_beams", "max_new_tokens", "decode_batch_size")
 
     def __init__(self, stage: str = "sft", init: str | None = None, **cfg):
         if stage not in ("sft", "dpo"):

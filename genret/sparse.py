@@ -789,6 +789,7 @@ class SparseRetriever(Retriever):
     against the inverted index."""
 
     kind = "sparse"
+    search_settings = ("query_top_terms", "search_batch_size", "encode_batch_size")
     version = 1
     config_class = SparseConfig
 

@@ -65,6 +65,18 @@ def test_compare_writes_everything(synthetic_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
+def test_compare_saved_model_rows_take_setting_overrides(synthetic_dir, tmp_path, capsys):
+    first = tmp_path / "first"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\nsplit: test\nk: 10\nretrievers:\n  - name: bm25\n")
+    assert main(["compare", "--config", str(cfg), "--data", str(synthetic_dir), "--out", str(first)]) == 0
+    saved = first / "models" / "bm25"
+    cfg.write_text(f"name: t\nsplit: test\nk: 10\nretrievers:\n  - name: again\n    model: {saved}\n"
+                   "  - name: bad\n    model: " + str(saved) + "\n    params: {k1: 0.1}\n")
+    assert main(["compare", "--config", str(cfg), "--data", str(synthetic_dir), "--out", str(tmp_path / "o")]) == 2
+    assert "['k1'] cannot change after fitting" in capsys.readouterr().err
+
+
 def test_compare_rejects_unknown_config_keys(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: t\nretreivers: []\n")

@@ -86,7 +86,8 @@ def test_ivf_probing_every_list_equals_flat(flat, synthetic, cache_dir):
     assert ivf.index.nlist == 8 and ivf.index.nprobe == 8
     qs = _queries(synthetic)
     _same(flat.search(qs, 60), ivf.search(qs, 60))
-    ivf.set_nprobe(1)  # one list: fewer candidates, still a valid ranking
+    ivf.configure(nprobe=1)  # one list: fewer candidates, still a valid ranking
+    assert ivf.index.nprobe == 1 and ivf.cfg.nprobe == 1
     run = ivf.search(qs, 60)
     assert all(0 < len(run[q].ids) <= 60 and np.all(np.diff(run[q].scores) <= 0) for q in qs)
     assert DenseRetriever(index="ivf").cfg.nlist is None
