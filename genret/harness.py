@@ -262,8 +262,10 @@ def plot_results(entries: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for e in entries:
-        ax.plot(CURVE_KS, [e["recall_curve"][str(k)] for k in CURVE_KS], marker="o", ms=3, label=e["name"])
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, e in enumerate(entries):  # 20 distinct colours; fusion rows dashed
+        ax.plot(CURVE_KS, [e["recall_curve"][str(k)] for k in CURVE_KS], marker="o", ms=3, label=e["name"],
+                color=colors[(2 * i) % 20 + (2 * i) // 20 % 2], ls="--" if "members" in e else "-")
     ax.set(xscale="log", xlabel="K", ylabel="Recall@K", title="Recall@K")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
