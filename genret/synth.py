@@ -360,7 +360,7 @@ def assess(pipeline: Pipeline, dataset: Dataset, cands: dict[str, list[str]], vo
             top = list(zip(got, hit.scores))[:cfg.agree_k] if hit and total > cfg.min_reward else []
             kept = filter_products(lists, top, labels, cfg.min_agree, cfg.max_pairs_per_rewrite, anchor)
             n_agree = {p: sum(p in ids for ids in lists.values()) for p, _ in top}
-            passed = [p for p in n_agree if n_agree[p] >= cfg.min_agree and (anchor is None or p in anchor)]
+            passed = [p for p, _, _ in filter_products(lists, top, (), cfg.min_agree, None, anchor)]
             audit = {"labelled": sum(p in labels for p in n_agree),
                      "disagreement": sum(p not in labels and n_agree[p] < cfg.min_agree for p in n_agree),
                      "unanchored": sum(p not in labels and anchor is not None and p not in anchor
@@ -472,12 +472,15 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
             t["dpo_seconds"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    t0 = time.perf_counter()
-    gen = generate(model, tokenizer, texts(qids), cfg, progress)
-    t["generate_seconds"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cands = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress)
-    t["assess_seconds"] = time.perf_counter() - t0
+    if before and not prefs:  # no DPO step: the SFT rewriter's candidates are the final ones
+        cands = before
+    else:
+        t0 = time.perf_counter()
+        gen = generate(model, tokenizer, texts(qids), cfg, progress)
+        t["generate_seconds"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cands = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress)
+        t["assess_seconds"] = time.perf_counter() - t0
     best: dict[tuple[str, str], tuple[Candidate, list[str], float]] = {}
     for c in cands:
         for p, chans, score in c.kept:

@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +40,19 @@ def write_tsv_dataset(ds, d: Path) -> Path:
     (d / "qrels.tsv").write_text("query_id\tproduct_id\trelevance\n" + "".join(
         f"{q}\t{p}\t{g}\n" for q, rel in ds.qrels.items() for p, g in rel.items()))
     return d
+
+
+@pytest.fixture
+def foreign_tokenizer_copy(tmp_path):
+    """A copy of a saved generative retriever whose manifest names another tokenizer."""
+    def make(path: Path) -> Path:
+        bad = tmp_path / "foreign-tokenizer"
+        shutil.copytree(path, bad)
+        m = json.loads((bad / "manifest.json").read_text())
+        m["tokenizer"] = "sha256:0000000000000000"
+        (bad / "manifest.json").write_text(json.dumps(m))
+        return bad
+    return make
 
 
 @pytest.fixture
