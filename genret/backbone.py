@@ -29,6 +29,7 @@ Conventions the lexical/semantic trainers rely on:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -514,5 +515,21 @@ def default_backbone(dataset, preset: str | Preset = "small", seed: int = 0,
     root = Path(cache_dir or os.environ.get("GENRET_CACHE") or Path.cwd() / ".cache")
     path = root / "backbones" / key
     if not (path / MARKER_FILE).is_file():
-        pretrain(dataset, path, cfg, seed, progress=progress)
+        with preserved_rng():  # a cache miss must not change what the caller draws next
+            pretrain(dataset, path, cfg, seed, progress=progress)
     return path
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restore the torch (CPU and CUDA), numpy and ``random`` global generators on exit:
+    pretraining seeds and draws from all of them."""
+    import random
+
+    states = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        np.random.set_state(states[0])
+        random.setstate(states[1])

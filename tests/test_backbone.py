@@ -202,3 +202,22 @@ def test_cli_pretrain(synthetic_dir, tmp_path, capsys):
     assert main(["pretrain", "--data", str(synthetic_dir), "--out", str(tmp_path / "bb2"),
                  "--preset", "huge"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_pretraining_on_a_cache_miss_leaves_the_global_generators_alone(synthetic, tmp_path):
+    """A channel seeds, then asks for its backbone: a first-use pretrain in between must not
+    change what it draws next (this made PROSPER differ between a fresh and a cached run)."""
+    import random
+
+    import torch
+
+    from genret.backbone import default_backbone
+
+    def draw():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    expected = draw()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    default_backbone(synthetic, "tiny", seed=0, cache_dir=tmp_path, progress=False)
+    assert (tmp_path / "backbones").is_dir() and draw() == expected
