@@ -61,7 +61,7 @@ def cmd_compare(args) -> int:
               "small generated catalog instead.", file=sys.stderr)
         ds = synthetic_dataset()
     out = Path(args.out)
-    compare(cfg, ds, out)
+    compare(cfg, ds, out, resume=args.resume)
     print((out / "table.md").read_text())
     print(f"results written to {out}/ (metrics.json, table.md, table.csv, runs/, *.png)")
     return 0
@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     _add_data(p)
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the saved runs of rows whose config is unchanged (e.g. after adding a row "
+                        "or a crash); re-run the others")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="re-render a finished comparison from its saved runs (no retraining)")

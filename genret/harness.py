@@ -134,17 +134,72 @@ def recall_curve(run: Run, dataset: Dataset, qids: list[str]) -> list[float]:
                            / len(dataset.relevant(q)) for q in qids])) for k in CURVE_KS]
 
 
-def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path = "results/compare") -> list[dict]:
+PROTOCOL_KEYS = ("split", "k", "max_queries", "max_train_queries", "n_products", "seed")
+
+
+def _row_record(row: RowConfig, cfg: CompareConfig, qids: list[str]) -> dict:
+    """What a row's saved run depends on: its own config and the evaluation protocol."""
+    rec = {"row": asdict(row), "protocol": {k: getattr(cfg, k) for k in PROTOCOL_KEYS},
+           "queries": hashlib.sha256("\n".join(qids).encode()).hexdigest()}
+    return json.loads(json.dumps(rec))
+
+
+def _saved_rows(out: Path, cfg: CompareConfig, qids: list[str]) -> dict[str, dict]:
+    """Rows of an earlier run in ``out`` that can be reused: name -> cost, from the
+    per-row records (``runs/<row>.json``) and, for a run finished before those existed,
+    from its ``metrics.json``."""
+    saved: dict[str, dict] = {}
+    try:
+        old = json.loads((out / "metrics.json").read_text())
+        rows = {r["name"]: r for r in old["meta"]["config"]["retrievers"]}
+        for e in old["retrievers"]:
+            if e["name"] in rows and "members" not in e:
+                rec = {"row": rows[e["name"]], "protocol": {k: old["meta"]["config"].get(k) for k in PROTOCOL_KEYS},
+                       "queries": hashlib.sha256("\n".join(old["meta"]["query_ids"]).encode()).hexdigest()}
+                saved[e["name"]] = {"record": rec, "cost": {k: e.get(k) for k in COST_KEYS}}
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        pass
+    for path in (out / "runs").glob("*.json"):
+        try:
+            saved[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+    return {name: s["cost"] for name, s in saved.items()
+            if (out / "runs" / f"{name}.trec").is_file() and s.get("record") == next(
+                (_row_record(r, cfg, qids) for r in cfg.retrievers if r.name == name), None)}
+
+
+COST_KEYS = ("fit_seconds", "latency_ms_p50", "latency_ms_p95", "index_bytes")
+
+
+def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path = "results/compare",
+            resume: bool = False) -> list[dict]:
     """Run the comparison; write ``metrics.json``, ``table.md``, ``table.csv``,
-    ``runs/*.trec`` and plots under ``out``; return the metric entries."""
+    ``runs/*.trec`` and plots under ``out``; return the metric entries.
+
+    Each row's run and cost are saved as soon as it finishes (``runs/<row>.trec``,
+    ``runs/<row>.json``). ``resume``: reuse the saved run of every row whose config and
+    protocol are unchanged (fit time and latency are the saved ones), and re-run the
+    others, plus any row whose ``{out}/models/<row>`` input was re-run."""
     out = Path(out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     dataset = dataset or load_dataset(cfg.data)
     view, qids = prepare(cfg, dataset)
+    reusable = _saved_rows(out, cfg, qids) if resume else {}
     runs: dict[str, Run] = {}
-    entries = []
+    entries, redone = [], []
     for row in cfg.retrievers:
-        run, cost = run_row(row, view, qids, cfg.k, out)
+        needs = [n for n in redone if f"{{out}}/models/{n}" in json.dumps(asdict(row))]
+        if row.name in reusable and not needs:
+            run, cost = Run.read_trec(out / "runs" / f"{row.name}.trec"), reusable[row.name]
+            tqdm.write(f"{row.name}: reusing its saved run ({out}/runs/{row.name}.trec)")
+        else:
+            run, cost = run_row(row, view, qids, cfg.k, out)
+            run.write_trec(out / "runs" / f"{row.name}.trec", row.name)
+            tmp = out / "runs" / f".{row.name}.json.tmp"
+            tmp.write_text(json.dumps({"record": _row_record(row, cfg, qids), "cost": cost}, indent=1))
+            tmp.replace(out / "runs" / f"{row.name}.json")
+            redone.append(row.name)
         runs[row.name] = run
         entries.append({"name": row.name, **cost})
     for fu in cfg.fusion:
@@ -152,8 +207,7 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
         if missing:
             raise ValueError(f"fusion {fu.name!r} names rows {missing} that the config does not run")
         runs[fu.name] = rrf([runs[m] for m in fu.members], cfg.k, fu.c)
-        entries.append({"name": fu.name, "members": fu.members, "fit_seconds": None,
-                        "latency_ms_p50": None, "latency_ms_p95": None, "index_bytes": None})
+        entries.append({"name": fu.name, "members": fu.members, **dict.fromkeys(COST_KEYS)})
     for e in entries:
         runs[e["name"]].write_trec(out / "runs" / f"{e['name']}.trec", e["name"])
     score_entries(entries, runs, view, qids, cfg.exclusive_k)

@@ -65,6 +65,46 @@ def test_compare_writes_everything(synthetic_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
+def test_compare_resume_reuses_unchanged_rows_only(synthetic_dir, tmp_path, capsys):
+    cfg, out = tmp_path / "c.yaml", tmp_path / "out"
+    rows = ("name: t\nsplit: test\nk: 100\nretrievers:\n  - name: bm25\n  - name: bm25-stem\n{stem}"
+            "  - name: reload\n    model: '{{out}}/models/bm25'\n"
+            "fusion:\n  - name: rrf\n    members: [bm25, bm25-stem]\n")
+    args = ["compare", "--config", str(cfg), "--data", str(synthetic_dir), "--out", str(out)]
+
+    def recall():
+        return {e["name"]: e["metrics"]["MRR@10"]
+                for e in json.loads((out / "metrics.json").read_text())["retrievers"]}
+
+    cfg.write_text(rows.format(stem=""))
+    assert main(args) == 0
+    assert recall()["bm25"] > 0 and (out / "runs" / "bm25.json").is_file()
+    # a doctored saved run shows whether a row was reused or re-run
+    for name in ("bm25", "bm25-stem", "reload"):
+        (out / "runs" / f"{name}.trec").write_text("")
+    cfg.write_text(rows.format(stem="    params: {k1: 0.9}\n"))
+    assert main(args + ["--resume"]) == 0
+    again = recall()
+    assert again["bm25"] == 0 and again["reload"] == 0  # unchanged: reused
+    assert again["bm25-stem"] > 0  # its params changed: re-run
+    # fusion is recomputed from the rows' runs: with bm25's run empty it is bm25-stem's order
+    from genret.eval import Run
+
+    fused, stem = (Run.read_trec(out / "runs" / f"{n}.trec") for n in ("rrf", "bm25-stem"))
+    assert {q: r.ids for q, r in fused.items()} == {q: r.ids[:100] for q, r in stem.items()}
+    # an upstream row re-run invalidates the rows that load its {out}/models/<row>
+    cfg.write_text(rows.format(stem="    params: {k1: 0.9}\n").replace("name: bm25\n", "name: bm25\n    params: {k1: 1.1}\n", 1))
+    assert main(args + ["--resume"]) == 0
+    assert recall()["reload"] > 0
+    # runs saved before per-row records existed: metrics.json stands in for them
+    for f in (out / "runs").glob("*.json"):
+        f.unlink()
+    (out / "runs" / "bm25.trec").write_text("")
+    assert main(args + ["--resume"]) == 0
+    assert recall()["bm25"] == 0
+    assert main(args) == 0 and recall()["bm25"] > 0  # without --resume everything re-runs
+
+
 def test_compare_saved_model_rows_take_setting_overrides(synthetic_dir, tmp_path, capsys):
     first = tmp_path / "first"
     cfg = tmp_path / "c.yaml"
