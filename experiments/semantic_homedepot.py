@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--beams", type=int, default=50)
     ap.add_argument("--stage", default="sft", choices=["sft", "dpo"])
     ap.add_argument("--dpo-queries", type=int, default=800)
+    ap.add_argument("--id-init", default="auto", help="ID-token embedding init: auto|content|mean|random")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def main() -> None:
                  "save_steps": 10**9}
     t0 = time.perf_counter()
     r = SemanticIDRetriever(stage=args.stage, sid=str(out / f"sid-{args.prune}"), backbone=str(backbone),
-                            preset="small", num_beams=args.beams, dpo_queries=args.dpo_queries,
+                            preset="small", num_beams=args.beams, dpo_queries=args.dpo_queries, id_init=args.id_init,
                             train=train_cfg)
     r.fit(ds, out_dir=str(out / f"work-{args.prune}-{args.stage}"))
     fit_s = time.perf_counter() - t0
@@ -95,6 +96,7 @@ def main() -> None:
                "gr_sid": res["overall"], "gr_sid_buckets": res["buckets"], "title_hit@10": title_hit,
                "ms_per_query": ms, "fit_seconds": fit_s, "info": r.info,
                "bm25_stem": bres["overall"]}
+    summary["id_init"] = args.id_init
     (out / f"summary-{args.prune}-{args.stage}.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: summary[k] for k in ("gr_sid", "title_hit@10", "ms_per_query", "fit_seconds",
                                               "bm25_stem")}, indent=1, default=str))

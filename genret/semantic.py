@@ -39,6 +39,7 @@ from .training import TrainConfig, dpo, sft  # noqa: E402
 PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
 PRUNE_MODES = ("none", "drop", "adaptive")
+ID_INITS = ("auto", "content", "mean", "random")
 
 
 def embedding_cache() -> Path:
@@ -83,15 +84,15 @@ class SemanticConfig:
     max_new_tokens: int | None = None
     decode_batch_size: int = 8
     indexing_examples: bool = True  # title -> ID for every product
-    id_init: str = "auto"  # new ID-token embeddings: auto | mean | random (see init_id_embeddings)
+    id_init: str = "auto"  # new ID-token embeddings: auto | content | mean | random (init_id_embeddings)
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
         if self.prune is not None and self.prune not in PRUNE_MODES:
             raise ValueError(f"prune must be one of {', '.join(PRUNE_MODES)} (or None), got {self.prune!r}")
-        if self.id_init not in ("auto", "random", "mean"):
-            raise ValueError(f"id_init must be 'auto', 'random' or 'mean', got {self.id_init!r}")
+        if self.id_init not in ID_INITS:
+            raise ValueError(f"id_init must be one of {', '.join(ID_INITS)}, got {self.id_init!r}")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
 
@@ -146,10 +147,11 @@ class SemanticIDRetriever(Retriever):
                              f"{len(want)} products have no ID, {extra} IDs name unknown products); "
                              "rebuild them with `genret sid build --data` on this dataset")
 
-    def add_id_tokens(self) -> list[str]:
+    def add_id_tokens(self, titles: list[str] | None = None) -> list[str]:
         """Make the ID tokens special tokens of the tokenizer (resizing the embeddings) and
         set ``token_map`` (ID token -> tokenizer id; the end-of-ID token -> EOS). New rows
-        are initialised by :meth:`init_id_embeddings`. Returns the tokens that were new."""
+        are initialised by :meth:`init_id_embeddings` (``titles``: one per ID item, for the
+        "content" init). Returns the tokens that were new."""
         tokens = self.sids.space.tokens()[1:]
         vocab = self.tokenizer.get_vocab()
         new = [t for t in tokens if t not in vocab]
@@ -160,38 +162,65 @@ class SemanticIDRetriever(Retriever):
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
         self.token_map = self._token_map()
         if new:
-            self.init_id_embeddings(self.tokenizer.convert_tokens_to_ids(new))
+            self.init_id_embeddings(self.tokenizer.convert_tokens_to_ids(new), titles)
         return new
 
-    def init_id_embeddings(self, rows: list[int]) -> None:
+    def init_id_embeddings(self, rows: list[int], titles: list[str] | None = None) -> None:
         """Initialise the embedding rows ``rows`` of new ID tokens.
 
-        "mean": every row at the mean of the existing rows (what HF's mean resizing amounts
-        to: it samples with 1e-9 x their covariance). "random": normal with the mean and
-        per-dimension spread of the existing rows, so ID tokens start distinct and on the
-        scale of real tokens. "auto": mean for full fine-tuning, random for LoRA.
-        Measured on the tiny backbone (docs/semantic_gr.md): full FT learns faster from
-        "mean"; LoRA + trainable tokens barely learns from it (the frozen final norm caps
-        the logit scale, so the rows must grow and diverge on their own), and learns from
-        "random".
+        "content": each ID token starts at the mean bag-of-tokens embedding of the titles
+        of the items whose ID holds it (so ``<L1_23>`` starts where its cluster's titles
+        are), rescaled to the mean norm of the existing rows; tokens no item holds, and
+        all of them without ``titles``, fall back to "mean". "mean": every row at the mean
+        of the existing rows (what HF's mean resizing amounts to: it samples with 1e-9 x
+        their covariance). "random": normal with the mean and per-dimension spread of the
+        existing rows, so ID tokens start distinct and on the scale of real tokens.
+        "auto": content for full fine-tuning, random for LoRA. Measured in
+        docs/semantic_gr.md: full FT learns faster from mean than from random rows, and
+        faster still from content rows; LoRA + trainable tokens barely learns from mean
+        rows (the frozen final norm caps the logit scale) and learns from random ones.
         """
         emb = self.model.get_input_embeddings().weight
         rows_t = torch.as_tensor(rows, dtype=torch.long)
         old = torch.ones(emb.shape[0], dtype=torch.bool)
         old[rows_t] = False
+        mode = self.cfg.id_init
+        if mode == "auto":
+            mode = "content" if self.cfg.train.full else "random"
         with torch.no_grad():
             ref = emb[old]
             vec = torch.zeros(len(rows), emb.shape[1], dtype=emb.dtype)
-            mode = self.cfg.id_init
-            if mode == "auto":
-                mode = "mean" if self.cfg.train.full else "random"
             if mode == "random":
                 g = torch.Generator().manual_seed(self.cfg.seed)
                 vec = torch.randn(len(rows), emb.shape[1], generator=g, dtype=emb.dtype)
-            emb[rows_t] = ref.mean(0) + vec * ref.std(0)
+            new = ref.mean(0) + vec * ref.std(0)
+            if mode == "content" and titles is not None:
+                sums, counts = self._content_sums(titles, emb)
+                pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}
+                sel = torch.as_tensor([pos[r] for r in rows])
+                held = counts[sel] > 0
+                cen = sums[sel][held] / counts[sel][held, None]
+                new[held] = cen * (ref.norm(dim=1).mean() / cen.norm(dim=1, keepdim=True).clamp_min(1e-9))
+            emb[rows_t] = new
             out = self.model.get_output_embeddings()
             if out is not None and out.weight.data_ptr() != emb.data_ptr():
                 out.weight[rows_t] = emb[rows_t]
+
+    def _content_sums(self, titles: list[str], emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per token of the ID space: the sum of its items' mean title-token embeddings,
+        and how many items hold it."""
+        if len(titles) != len(self.sids):
+            raise ValueError(f"content init needs one title per ID item ({len(self.sids)}), got {len(titles)}")
+        sums = torch.zeros(len(self.sids.space.tokens()), emb.shape[1], dtype=emb.dtype)
+        counts = torch.zeros(len(sums), dtype=emb.dtype)
+        enc = self.tokenizer(list(titles), add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(enc):
+            if not ids:
+                continue
+            toks = torch.as_tensor(self.sids.ids[i][:-1], dtype=torch.long)
+            sums.index_add_(0, toks, emb[torch.as_tensor(ids)].mean(0).expand(len(toks), -1))
+            counts[toks] += 1
+        return sums, counts
 
     def _token_map(self) -> np.ndarray:
         ids = self.tokenizer.convert_tokens_to_ids(self.sids.space.tokens()[1:])
@@ -262,7 +291,7 @@ class SemanticIDRetriever(Retriever):
         self._load_start(dataset)
         self._check_catalog(dataset)
         self.titles = dict(dataset.catalog)
-        new = self.add_id_tokens()
+        new = self.add_id_tokens([self.titles[p] for p in self.sids.item_ids])
         self._prepare()
         rep = self.sids.report()
         self.info.update(sid={k: rep[k] for k in ("n_items", "quantizer", "levels_x_codebook", "prune",
