@@ -217,7 +217,7 @@ class SemanticIDRetriever(Retriever):
         for i, ids in enumerate(enc):
             if not ids:
                 continue
-            toks = torch.as_tensor(self.sids.ids[i][:-1], dtype=torch.long)
+            toks = torch.tensor(self.sids.ids[i][:-1].tolist(), dtype=torch.long)
             sums.index_add_(0, toks, emb[torch.as_tensor(ids)].mean(0).expand(len(toks), -1))
             counts[toks] += 1
         return sums, counts

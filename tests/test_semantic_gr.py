@@ -260,6 +260,40 @@ def test_lora_trains_only_id_token_embeddings(tiny, sid_dir, tmp_path):
     assert r.model.lm_head.weight.data_ptr() == r.model.get_input_embeddings().weight.data_ptr()
 
 
+def test_content_init_puts_id_tokens_at_their_items_titles(tiny, sid_dir):
+    """id_init="content": an ID token's row is the mean title embedding of the items whose
+    ID holds it (rescaled to the mean norm of the old rows); a token no item holds gets
+    the mean row."""
+    from genret.semantic import SemanticIDRetriever
+
+    r = SemanticIDRetriever(stage="sft", sid=str(sid_dir), preset="tiny", id_init="content",
+                            train={"full": True, "progress": False})
+    r._load_start(tiny)
+    old = r.model.get_input_embeddings().weight.detach().clone()
+    titles = [tiny.catalog[p] for p in r.sids.item_ids]
+    new = r.add_id_tokens(titles)
+    emb = r.model.get_input_embeddings().weight.detach()
+    scale = old.norm(dim=1).mean()
+    title_vec = [old[r.tokenizer(t, add_special_tokens=False)["input_ids"]].mean(0) for t in titles]
+    holders = {}
+    for i, ids in enumerate(r.sids.ids):
+        for t in ids[:-1].tolist():
+            holders.setdefault(t, []).append(i)
+    checked = 0
+    for t in range(1, len(r.token_map)):
+        row = emb[r.token_map[t]]
+        if t in holders:
+            want = torch.stack([title_vec[i] for i in holders[t]]).mean(0)
+            torch.testing.assert_close(row, want * scale / want.norm(), rtol=1e-4, atol=1e-5)
+            checked += 1
+        else:
+            torch.testing.assert_close(row, old.mean(0), rtol=1e-4, atol=1e-5)
+    assert checked == len(holders) > 10 and len(new) == len(r.token_map) - 1
+    # distinct clusters start apart: level-1 tokens are not all the same row
+    l1 = [r.token_map[t] for t in holders if r.sids.space.pair(t)[0] == 1]
+    assert torch.pdist(emb[l1]).min() > 0
+
+
 def test_registry_rows():
     from genret.retriever import REGISTRY, make_retriever
     from genret.semantic import SemanticIDRetriever
