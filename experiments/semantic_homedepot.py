@@ -8,6 +8,10 @@ subset, re-deduplicated within it. The backbone is the embedded "small" one pret
 all titles + train queries (cached under .cache/backbones).
 
     python experiments/semantic_homedepot.py --prune none --epochs 6 --out results/semantic/hd-subset
+    python experiments/semantic_homedepot.py --prune none --stage dpo --out results/semantic/hd-subset
+
+``--stage dpo`` starts from the SFT model the first command saved in ``--out`` (else it runs
+SFT first).
 """
 
 from __future__ import annotations
@@ -69,10 +73,13 @@ def main() -> None:
     rep = sub.report()
 
     backbone = default_backbone(full, "small", 0)
-    train_cfg = {"full": True, "epochs": args.epochs, "batch_size": 32, "learning_rate": args.lr,
+    train_cfg = {"full": True, "epochs": args.epochs, "batch_size": 32, "learning_rate": args.lr, "dpo_epochs": 2,
                  "save_steps": 10**9}
     t0 = time.perf_counter()
-    r = SemanticIDRetriever(stage=args.stage, sid=str(out / f"sid-{args.prune}"), backbone=str(backbone),
+    # DPO starts from this script's SFT model of the same pruning when there is one
+    sft_model = out / f"model-{args.prune}-sft"
+    init = str(sft_model) if args.stage == "dpo" and sft_model.is_dir() else None
+    r = SemanticIDRetriever(stage=args.stage, init=init, sid=str(out / f"sid-{args.prune}"), backbone=str(backbone),
                             preset="small", num_beams=args.beams, dpo_queries=args.dpo_queries, id_init=args.id_init,
                             train=train_cfg)
     r.fit(ds, out_dir=str(out / f"work-{args.prune}-{args.stage}"))
