@@ -11,7 +11,7 @@ all titles + train queries (cached under .cache/backbones).
     python experiments/semantic_homedepot.py --prune none --stage dpo --out results/semantic/hd-subset
 
 ``--stage dpo`` starts from the SFT model the first command saved in ``--out`` (else it runs
-SFT first).
+SFT first). ``--table`` writes ``table.md`` from the summaries in ``--out`` (no training).
 """
 
 from __future__ import annotations
@@ -35,6 +35,33 @@ def sample(qids, n, seed=0):
     return sorted(qids, key=lambda q: hashlib.sha1(f"{seed}:{q}".encode()).digest())[:n]
 
 
+def table(out: Path) -> str:
+    """Markdown table of every summary-<prune>-<stage>.json in ``out``, with BM25 on the subset."""
+    head = ("| IDs | mean len | collisions | stage | R@10 | R@50 | MRR@10 | tail R@10 | tail R@50 "
+            "| Hit@10 from title | fit s | ms/q | DPO pairs (chosen in beams) |")
+    lines, s = [head, "|---" * 13 + "|"], None
+    for prune in ("none", "drop", "adaptive"):
+        for stage in ("sft", "dpo"):
+            f = out / f"summary-{prune}-{stage}.json"
+            if not f.exists():
+                continue
+            s = json.loads(f.read_text())
+            g, t, i = s["gr_sid"], s["gr_sid_buckets"]["tail"], s["info"]
+            pairs = f"{i['dpo_pairs']} ({i['dpo_chosen_from_beams']})" if stage == "dpo" else ""
+            lines.append(f"| {prune} | {s['sid']['mean_length']:.2f} | {s['sid']['collision_rate_after_pruning']:.3f} "
+                         f"| {stage} | {g['R@10']:.4f} | {g['R@50']:.4f} | {g['MRR@10']:.4f} | {t['R@10']:.4f} "
+                         f"| {t['R@50']:.4f} | {s['title_hit@10']:.3f} | {s['fit_seconds']:.0f} "
+                         f"| {s['ms_per_query']:.0f} | {pairs} |")
+    if s is None:
+        raise SystemExit(f"{out}: no summary-*.json; run the experiment first")
+    b = s["bm25_stem"]
+    lines.append(f"| BM25 (English stemmer), same subset | | | | {b['R@10']:.4f} | {b['R@50']:.4f} "
+                 f"| {b['MRR@10']:.4f} | | | | | | |")
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results/semantic/hd-subset")
@@ -49,8 +76,12 @@ def main() -> None:
     ap.add_argument("--stage", default="sft", choices=["sft", "dpo"])
     ap.add_argument("--dpo-queries", type=int, default=800)
     ap.add_argument("--id-init", default="auto", help="ID-token embedding init: auto|content|mean|random")
+    ap.add_argument("--table", action="store_true", help="only write table.md from the saved summaries")
     args = ap.parse_args()
     out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return
     out.mkdir(parents=True, exist_ok=True)
 
     full = load_dataset()
