@@ -133,8 +133,7 @@ def main() -> None:
                                            "vocab_size", "pruned_level")},
                "gr_sid": res["overall"], "gr_sid_buckets": res["buckets"], "title_hit@10": title_hit,
                "ms_per_query": ms, "fit_seconds": fit_s, "info": r.info,
-               "bm25_stem": bres["overall"]}
-    summary["id_init"] = args.id_init
+               "bm25_stem": bres["overall"], "id_init": args.id_init}
     (out / f"summary-{args.prune}-{args.stage}.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps({k: summary[k] for k in ("gr_sid", "title_hit@10", "ms_per_query", "fit_seconds",
                                               "bm25_stem")}, indent=1, default=str))

@@ -135,11 +135,12 @@ def recall_curve(run: Run, dataset: Dataset, qids: list[str]) -> list[float]:
 
 
 PROTOCOL_KEYS = ("split", "k", "max_queries", "max_train_queries", "n_products", "seed")
+COST_KEYS = ("fit_seconds", "latency_ms_p50", "latency_ms_p95", "index_bytes")
 
 
-def _row_record(row: RowConfig, cfg: CompareConfig, qids: list[str]) -> dict:
+def _record(row: dict, config: dict, qids: list[str]) -> dict:
     """What a row's saved run depends on: its own config and the evaluation protocol."""
-    rec = {"row": asdict(row), "protocol": {k: getattr(cfg, k) for k in PROTOCOL_KEYS},
+    rec = {"row": row, "protocol": {k: config.get(k) for k in PROTOCOL_KEYS},
            "queries": hashlib.sha256("\n".join(qids).encode()).hexdigest()}
     return json.loads(json.dumps(rec))
 
@@ -151,12 +152,12 @@ def _saved_rows(out: Path, cfg: CompareConfig, qids: list[str]) -> dict[str, dic
     saved: dict[str, dict] = {}
     try:
         old = json.loads((out / "metrics.json").read_text())
-        rows = {r["name"]: r for r in old["meta"]["config"]["retrievers"]}
+        meta = old["meta"]
+        rows = {r["name"]: r for r in meta["config"]["retrievers"]}
         for e in old["retrievers"]:
-            if e["name"] in rows and "members" not in e:
-                rec = {"row": rows[e["name"]], "protocol": {k: old["meta"]["config"].get(k) for k in PROTOCOL_KEYS},
-                       "queries": hashlib.sha256("\n".join(old["meta"]["query_ids"]).encode()).hexdigest()}
-                saved[e["name"]] = {"record": rec, "cost": {k: e.get(k) for k in COST_KEYS}}
+            if e["name"] in rows:
+                saved[e["name"]] = {"record": _record(rows[e["name"]], meta["config"], meta["query_ids"]),
+                                    "cost": {k: e.get(k) for k in COST_KEYS}}
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
         pass
     for path in (out / "runs").glob("*.json"):
@@ -164,12 +165,9 @@ def _saved_rows(out: Path, cfg: CompareConfig, qids: list[str]) -> dict[str, dic
             saved[path.stem] = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue
+    want = {r.name: _record(asdict(r), asdict(cfg), qids) for r in cfg.retrievers}
     return {name: s["cost"] for name, s in saved.items()
-            if (out / "runs" / f"{name}.trec").is_file() and s.get("record") == next(
-                (_row_record(r, cfg, qids) for r in cfg.retrievers if r.name == name), None)}
-
-
-COST_KEYS = ("fit_seconds", "latency_ms_p50", "latency_ms_p95", "index_bytes")
+            if name in want and s.get("record") == want[name] and (out / "runs" / f"{name}.trec").is_file()}
 
 
 def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path = "results/compare",
@@ -197,7 +195,7 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
             run, cost = run_row(row, view, qids, cfg.k, out)
             run.write_trec(out / "runs" / f"{row.name}.trec", row.name)
             tmp = out / "runs" / f".{row.name}.json.tmp"
-            tmp.write_text(json.dumps({"record": _row_record(row, cfg, qids), "cost": cost}, indent=1))
+            tmp.write_text(json.dumps({"record": _record(asdict(row), asdict(cfg), qids), "cost": cost}, indent=1))
             tmp.replace(out / "runs" / f"{row.name}.json")
             redone.append(row.name)
         runs[row.name] = run

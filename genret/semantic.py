@@ -208,18 +208,20 @@ class SemanticIDRetriever(Retriever):
 
     def _content_sums(self, titles: list[str], emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per token of the ID space: the sum of its items' mean title-token embeddings,
-        and how many items hold it."""
+        and how many items hold it (items with an empty title count for nothing)."""
         if len(titles) != len(self.sids):
             raise ValueError(f"content init needs one title per ID item ({len(self.sids)}), got {len(titles)}")
-        sums = torch.zeros(len(self.sids.space.tokens()), emb.shape[1], dtype=emb.dtype)
-        counts = torch.zeros(len(sums), dtype=emb.dtype)
         enc = self.tokenizer(list(titles), add_special_tokens=False)["input_ids"]
-        for i, ids in enumerate(enc):
-            if not ids:
-                continue
-            toks = torch.tensor(self.sids.ids[i][:-1].tolist(), dtype=torch.long)
-            sums.index_add_(0, toks, emb[torch.as_tensor(ids)].mean(0).expand(len(toks), -1))
-            counts[toks] += 1
+        sizes = torch.tensor([len(ids) for ids in enc])
+        flat = torch.tensor([t for ids in enc for t in ids], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), sizes.cumsum(0)[:-1]])
+        title_vecs = torch.nn.functional.embedding_bag(flat, emb, offsets, mode="mean")
+        item = np.repeat(np.arange(len(self.sids)), self.sids.lengths + 1)
+        keep = (self.sids.tokens != 0) & (sizes.numpy()[item] > 0)  # no end-of-ID token, no empty title
+        toks = torch.as_tensor(self.sids.tokens[keep], dtype=torch.long)
+        sums = torch.zeros(self.sids.space.vocab_size, emb.shape[1], dtype=emb.dtype)
+        sums.index_add_(0, toks, title_vecs[torch.as_tensor(item[keep])])
+        counts = torch.bincount(toks, minlength=len(sums)).to(emb.dtype)
         return sums, counts
 
     def _token_map(self) -> np.ndarray:
