@@ -38,6 +38,7 @@ class TrainConfig:
     dpo_learning_rate: float = 5e-4
     dpo_epochs: float = 1.0
     dpo_batch_size: int = 16
+    dpo_sft_weight: float = 0.0  # > 0: add NLL of the chosen completion (RPO), keeps chosen likely
     save_steps: int = 500
     progress: bool = True
 
@@ -91,6 +92,14 @@ def _tied_head_bias_compat():
         W._hasattr_wrapped, W._getattr_wrapped = orig_has, orig_get
 
 
+def _plain_forward(model):
+    """Drop the instance ``forward`` the trainer stack leaves on a trained model (a closure
+    over the original object): with it, ``copy.deepcopy(model)`` silently runs the
+    original's weights. The class ``forward`` is the same computation."""
+    vars(model).pop("forward", None)
+    return model
+
+
 def _resume(out_dir: Path) -> bool:
     return any(p.name.startswith("checkpoint-") for p in out_dir.glob("checkpoint-*"))
 
@@ -121,23 +130,29 @@ def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: 
     with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext():
         trainer.train(resume_from_checkpoint=_resume(out_dir) or None)
     trained = trainer.model
-    return trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
+    return _plain_forward(trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained)
 
 
 def dpo(model, tokenizer, pairs: list[dict], out_dir: str | os.PathLike, cfg: TrainConfig):
     """DPO on {"prompt", "chosen", "rejected"} texts with a LoRA adapter (reference =
-    adapter disabled). Returns the model with the adapter merged in."""
+    adapter disabled); with ``dpo_sft_weight`` > 0 the loss adds that weight times the
+    NLL of the chosen completion (RPO, Pang et al. 2024), which stops DPO from lowering
+    the likelihood of both answers. Returns the model with the adapter merged in."""
     from datasets import Dataset as HFDataset
     from trl import DPOConfig, DPOTrainer
 
     if not pairs:
         raise ValueError("no preference pairs were mined: DPO needs at least one "
                          "(chosen, rejected) pair; decode more beams or more training queries")
+    if not cfg.dpo_sft_weight >= 0:
+        raise ValueError(f"dpo_sft_weight must be >= 0 (0 = plain DPO), got {cfg.dpo_sft_weight}")
+    loss = (dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(cfg.dpo_sft_weight)])
+            if cfg.dpo_sft_weight else {})
     out_dir = Path(out_dir)
     args = DPOConfig(**_common_args(cfg, out_dir, cfg.dpo_learning_rate, cfg.dpo_epochs,
-                                    cfg.dpo_batch_size), beta=cfg.dpo_beta)
+                                    cfg.dpo_batch_size), beta=cfg.dpo_beta, **loss)
     trainer = DPOTrainer(model=model, ref_model=None, args=args,
                          train_dataset=HFDataset.from_list(pairs), processing_class=tokenizer,
                          peft_config=_lora(cfg, None))
     trainer.train(resume_from_checkpoint=_resume(out_dir) or None)
-    return trainer.model.merge_and_unload()
+    return _plain_forward(trainer.model.merge_and_unload())
