@@ -42,6 +42,10 @@ class TrainConfig:
     save_steps: int = 500
     progress: bool = True
 
+    def __post_init__(self):
+        if not self.dpo_sft_weight >= 0:  # also refuses NaN
+            raise ValueError(f"train.dpo_sft_weight must be >= 0 (0 = plain DPO), got {self.dpo_sft_weight}")
+
 
 def _common_args(cfg: TrainConfig, out_dir: Path, lr: float, epochs: float, batch: int) -> dict:
     return dict(output_dir=str(out_dir), num_train_epochs=epochs, max_steps=cfg.max_steps,
@@ -144,8 +148,6 @@ def dpo(model, tokenizer, pairs: list[dict], out_dir: str | os.PathLike, cfg: Tr
     if not pairs:
         raise ValueError("no preference pairs were mined: DPO needs at least one "
                          "(chosen, rejected) pair; decode more beams or more training queries")
-    if not cfg.dpo_sft_weight >= 0:
-        raise ValueError(f"dpo_sft_weight must be >= 0 (0 = plain DPO), got {cfg.dpo_sft_weight}")
     loss = (dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(cfg.dpo_sft_weight)])
             if cfg.dpo_sft_weight else {})
     out_dir = Path(out_dir)
