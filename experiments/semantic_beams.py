@@ -6,7 +6,8 @@ beams and R@1000 needs 1000; this measures what each width costs on this machine
         --beams 10 50 100 200 1000 --queries 100 --out results/semantic-beams
 
 Writes OUT/beams.json (per width: ms/query, valid beams, R@K overall and tail), OUT/beams.md
-and OUT/beams.png. Queries: a seeded sample of the evaluated dev queries.
+and OUT/beams.png. Queries: a seeded sample of the evaluated dev queries. Widths already in
+OUT/beams.json for the same model and queries are kept unless re-run (to re-time a few).
 """
 
 from __future__ import annotations
@@ -81,8 +82,13 @@ def main(argv=None) -> int:
         print(json.dumps({"num_beams": beams, "ms/q": round(ms), **{k: round(v, 4) for k, v in
                           res["overall"].items() if k.startswith("R@")}}), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "beams.json").write_text(json.dumps({"model": args.model, "split": "dev", "n_queries": len(qids),
-                                                "rows": rows}, indent=1))
+    head = {"model": args.model, "split": "dev", "n_queries": len(qids)}
+    if (out / "beams.json").exists():
+        old = json.loads((out / "beams.json").read_text())
+        if {k: old.get(k) for k in head} == head:
+            rows += [x for x in old["rows"] if x["num_beams"] not in args.beams]
+            rows.sort(key=lambda x: x["num_beams"])
+    (out / "beams.json").write_text(json.dumps({**head, "rows": rows}, indent=1))
     lines = ["| beams | products/q | " + " | ".join(f"R@{k}" for k in KS) + " | tail R@100 | decode ms/q |",
              "|---" * (len(KS) + 4) + "|"]
     lines += [f"| {x['num_beams']} | {x['mean_products']:.0f} | " + " | ".join(f"{x['overall'][f'R@{k}']:.4f}" for k in KS)
