@@ -175,3 +175,21 @@ def exclusive_recall(runs: Mapping[str, Run], dataset, qids: list[str], k: int =
             excl += len(mine - others)
         out[name] = excl / total if total else 0.0
     return out
+
+
+def paired_test(a, b, n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Two-sided paired randomisation (sign-flip) test of per-query scores ``a`` vs ``b``
+    (Smucker et al., CIKM 2007): p = share of random sign flips of the per-query
+    differences whose mean is at least as far from 0 as the observed one (the observed
+    assignment counted, so p > 0)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired_test needs two equal-length, non-empty 1-d score lists "
+                         f"(one value per query, same query order); got shapes {a.shape} and {b.shape}")
+    d = a - b
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n_resamples, len(d)))
+    null = np.abs(signs @ d) / len(d)
+    observed = abs(d.mean())
+    p = (1 + np.count_nonzero(null >= observed - 1e-12)) / (n_resamples + 1)
+    return {"mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": float(d.mean()),
+            "p_value": float(p), "n_queries": len(d), "n_resamples": n_resamples}

@@ -106,3 +106,23 @@ def test_rrf_and_exclusive_recall():
     assert set(fused["q"].ids) == set("abcde")
     ex = exclusive_recall({"one": r1, "two": r2}, ds, ["q"], k=3)
     assert ex == {"one": pytest.approx(2 / 3), "two": pytest.approx(1 / 3)}
+
+
+def test_paired_test_matches_scipy_permutation_test():
+    """The sign-flip test against scipy's paired permutation test (an independent one)."""
+    from scipy.stats import permutation_test
+
+    from genret.eval import paired_test
+
+    rng = np.random.default_rng(3)
+    for shift in (0.0, 0.05, 0.2):
+        a = rng.random(200)
+        b = np.clip(a - shift + rng.normal(0, 0.3, 200), 0, 1)
+        ours = paired_test(a, b, n_resamples=20000, seed=1)
+        ref = permutation_test((a, b), lambda x, y: np.mean(x - y), permutation_type="samples",
+                               n_resamples=20000, alternative="two-sided", random_state=1)
+        assert abs(ours["diff"] - (a - b).mean()) < 1e-12
+        assert abs(ours["p_value"] - ref.pvalue) < 0.01 + 0.1 * ref.pvalue, (shift, ours, ref.pvalue)
+    assert paired_test([0.5] * 30, [0.5] * 30)["p_value"] == 1.0  # no difference at all
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_test([1, 0], [1, 0, 1])
