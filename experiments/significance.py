@@ -4,7 +4,7 @@ sign-flip test, `genret.eval.paired_test`), overall and on the tail bucket.
     python experiments/significance.py --run results/homedepot --metric R@50 \\
         gr-sid-adaptive-sft:gr-sid-sft gr-sid-drop-sft:gr-sid-sft gr-sid-dpo:gr-sid-sft
 
-Reads RUN/runs/<row>.trec and the dataset; writes RUN/significance.json and prints a table.
+Reads RUN/runs/<row>.trec and the dataset; writes RUN/significance-<metric>.json and prints a table.
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ def main(argv=None) -> int:
         for part, qs in (("overall", qids), ("tail", tail)):
             res[part] = paired_test([sa[q] for q in qs], [sb[q] for q in qs], args.resamples)
         rows.append(res)
-    (run_dir / "significance.json").write_text(json.dumps({"split": args.split, "rows": rows}, indent=1))
+    (run_dir / f"significance-{args.metric}.json").write_text(json.dumps({"split": args.split, "rows": rows}, indent=1))
     print(f"| A | B | {args.metric} A | B | p | tail A | tail B | tail p |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         o, t = r["overall"], r["tail"]
-        print(f"| {r['a']} | {r['b']} | {o['mean_a']:.4f} | {o['mean_b']:.4f} | {o['p_value']:.3f} "
-              f"| {t['mean_a']:.4f} | {t['mean_b']:.4f} | {t['p_value']:.3f} |")
+        print(f"| {r['a']} | {r['b']} | {o['mean_a']:.4f} | {o['mean_b']:.4f} | {o['p_value']:.2g} "
+              f"| {t['mean_a']:.4f} | {t['mean_b']:.4f} | {t['p_value']:.2g} |")
     return 0
 
 
