@@ -38,7 +38,8 @@ def main(argv=None) -> int:
         p.error(f"no saved run for {missing} in {run_dir / 'runs'}; run `genret compare` first")
     ds = load_dataset(args.data)
     qids = ds.split(args.split)
-    tail = [q for q in qids if ds.buckets().get(q) == "tail"]
+    buckets = ds.buckets()
+    tail = [q for q in qids if buckets.get(q) == "tail"]
     cache: dict[str, dict[str, float]] = {}
 
     def scores(name: str) -> dict[str, float]:
