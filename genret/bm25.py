@@ -52,6 +52,7 @@ class BM25Retriever(Retriever):
     def fit(self, dataset, **_) -> "BM25Retriever":
         import bm25s
 
+        self.catalog = dataset.catalog_fingerprint()
         self.product_ids = dataset.product_ids
         self.model = bm25s.BM25(k1=self.cfg.k1, b=self.cfg.b, method=self.cfg.method)
         self.model.index(self._tokenize(dataset.titles, True), show_progress=False)
@@ -73,7 +74,7 @@ class BM25Retriever(Retriever):
 
     def save(self, path) -> None:
         with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg),
-                        n_products=len(self.product_ids)) as tmp:
+                        n_products=len(self.product_ids), catalog=self.catalog) as tmp:
             self.model.save(str(tmp / "bm25s"))
             (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
 

@@ -148,10 +148,30 @@ class Dataset:
         sub._buckets = {q: b for q, b in self.buckets().items() if q in qset}
         return sub
 
+    def catalog_fingerprint(self) -> str:
+        """sha256 over the product ids and titles (in catalog order): what an index built
+        on this catalog depends on. Recorded by every saved retriever at fit time."""
+        return _fingerprint(("P", p, t) for p, t in self.catalog.items())
+
+    def fingerprint(self) -> str:
+        """sha256 over everything an evaluation depends on: catalog, queries, their splits,
+        every graded label and the relevance threshold."""
+        return _fingerprint([("C", self.catalog_fingerprint()), ("T", repr(float(self.threshold)))]
+                            + [("Q", q, t, self.query_split.get(q, "")) for q, t in self.queries.items()]
+                            + [("R", q, p, repr(float(g))) for q, rel in self.qrels.items()
+                               for p, g in rel.items()])
+
     def summary(self) -> dict:
         return {"name": self.name, "products": len(self.catalog), "queries": len(self.queries),
                 "threshold": self.threshold,
                 **{f"{s}_queries": len(self.split(s)) for s in SPLITS}}
+
+
+def _fingerprint(records) -> str:
+    h = hashlib.sha256()
+    for rec in records:
+        h.update("\x1f".join(rec).encode("utf-8") + b"\x1e")
+    return "sha256:" + h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- loaders

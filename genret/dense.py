@@ -496,6 +496,7 @@ class DenseRetriever(Retriever):
         self._threads()
         if not dataset.catalog:
             raise ValueError(f"{dataset.name}: empty catalog; nothing to index")
+        self.catalog = dataset.catalog_fingerprint()
         base = encoder_identity(self.cfg.encoder)
         if self.cfg.train:
             self.model = load_encoder(self.cfg.encoder, fresh=True)
@@ -648,7 +649,7 @@ class DenseRetriever(Retriever):
             (tmp / "encoder_identity.json").write_text(json.dumps(self.identity, indent=2))
 
     def _manifest_info(self) -> dict:
-        info = {"config": asdict(self.cfg), "encoder": self.identity,
+        info = {"config": asdict(self.cfg), "encoder": self.identity, "catalog": self.catalog,
                 "n_products": len(self.product_ids), "dim": int(self.embeddings.shape[1]),
                 "index_type": self.cfg.index, "ntotal": int(self.index.ntotal)}
         if self.cfg.index == "ivf":

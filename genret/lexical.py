@@ -286,6 +286,7 @@ class MultispanRetriever(Retriever):
 
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
+        self.catalog = dataset.catalog_fingerprint()
         work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="genret-multispan-"))
         self._load_start(dataset)
         self._setup_catalog(dataset)
@@ -366,7 +367,8 @@ class MultispanRetriever(Retriever):
     # -- storage -------------------------------------------------------------
     def save(self, path) -> None:
         with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg), info=self.info,
-                        tokenizer=self.tokenizer_identity, n_products=len(self.product_ids)) as tmp:
+                        tokenizer=self.tokenizer_identity, n_products=len(self.product_ids),
+                        catalog=self.catalog) as tmp:
             self.model.save_pretrained(tmp / "model")
             self.tokenizer.save_pretrained(tmp / "model")
             self.index.save(tmp / "fm_index")

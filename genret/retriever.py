@@ -55,6 +55,7 @@ class Retriever:
 
     kind = "retriever"
     version = 1
+    catalog: str | None = None  # Dataset.catalog_fingerprint() of the catalog it was fitted on
     search_settings: tuple[str, ...] = ()  # config fields a saved retriever may change
 
     def configure(self, **settings) -> "Retriever":
@@ -87,8 +88,20 @@ class Retriever:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Retriever":
-        read_manifest(path, kind=cls.kind, version=cls.version)
-        return cls._load(Path(path))
+        manifest = read_manifest(path, kind=cls.kind, version=cls.version)
+        self = cls._load(Path(path))
+        self.catalog = manifest.get("catalog")
+        return self
+
+    def check_catalog(self, dataset, where: str = "the model") -> None:
+        """Refuse a dataset whose catalog differs from the one this retriever was fitted
+        on (its index would silently miss or misname products)."""
+        if self.catalog is None:
+            raise ArtifactError(f"{where} records no catalog fingerprint (saved by an older genret); "
+                                "retrain it on this data")
+        if self.catalog != dataset.catalog_fingerprint():
+            raise ArtifactError(f"{where} was fitted on another catalog than {dataset.name}'s "
+                                f"({len(dataset.catalog)} products); retrain it on this data")
 
     @classmethod
     def _load(cls, path: Path) -> "Retriever":

@@ -289,6 +289,7 @@ class SemanticIDRetriever(Retriever):
 
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
+        self.catalog = dataset.catalog_fingerprint()
         work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="genret-sid-"))
         self._load_start(dataset)
         self._check_catalog(dataset)
@@ -397,7 +398,7 @@ class SemanticIDRetriever(Retriever):
         if self.model is None:
             raise RuntimeError("SemanticIDRetriever.save before fit()")
         with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg), info=self.info,
-                        tokenizer=self.tokenizer_identity, n_products=len(self.sids),
+                        tokenizer=self.tokenizer_identity, n_products=len(self.sids), catalog=self.catalog,
                         id_tokens=len(self.token_map) - 1) as tmp:
             save_backbone(self.model, self.tokenizer, tmp / "model", preset=self.cfg.preset)
             self.sids.save(tmp / "sid")

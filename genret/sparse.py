@@ -814,6 +814,7 @@ class SparseRetriever(Retriever):
                 raise ValueError(f"unknown {self.kind} setting(s) {bad}; known: {sorted(known)}")
             self.cfg = replace(self.cfg, **cfg)
         torch.manual_seed(self.cfg.seed)
+        self.catalog = dataset.catalog_fingerprint()
         self.encoder = SparseEncoder.from_pretrained(self.cfg, dataset).to(self._device())
         t0 = time.perf_counter()
         if self.encoder.kind == "encoder" and self.encoder.identity.get("mlm_head") != "from checkpoint":
@@ -876,7 +877,7 @@ class SparseRetriever(Retriever):
         with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg),
                         backbone=enc.identity, backbone_kind=enc.kind,
                         index_shape=list(self.index.postings.shape),
-                        n_products=len(self.index.product_ids), info=self.info,
+                        n_products=len(self.index.product_ids), catalog=self.catalog, info=self.info,
                         train_log=self.train_log) as tmp:
             enc.save_backbone(tmp / "backbone")
             save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()} or
