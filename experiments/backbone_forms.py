@@ -138,7 +138,7 @@ def train(form: str, ds, tok, args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad()
-        log.append(round(float(loss), 4))
+        log.append(round(loss.item(), 4))
     return {"model": model, "train_loss": log, "seconds_per_step": (time.perf_counter() - t0) / args.steps}
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genret.backbone import default_backbone  # noqa: E402
 from genret.data import BUCKETS, load_dataset  # noqa: E402
-from genret.harness import CompareConfig, RowConfig, compare, prepare  # noqa: E402
+from genret.harness import CompareConfig, RowConfig, claim_results_dir, compare, prepare  # noqa: E402
 from genret.synth import synth_config, synthesize  # noqa: E402
 
 
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
                         candidates=args.candidates, dpo_queries=args.dpo_queries,
                         sft_pairs=args.sft_pairs, seed=args.seed,
                         train={"full": True, "epochs": args.sft_epochs})
+    claim_results_dir(out)  # compare refuses a folder it did not claim, after a 30-min synthesis
     report = synthesize(ds, scfg, out / "synth")
     dense = {"max_steps": args.dense_steps, "seed": args.seed}
     rows = [RowConfig("bm25-stem"), RowConfig("dense-zeroshot", batch_size=32),

@@ -95,6 +95,45 @@ def pack_flags(flags):
 
 
 @njit(cache=True)
+def rank_totals(bits, n):
+    """Ones among the first ``n`` bits of each level of a rank bit vector, or -1 for a level
+    whose block counts disagree with its data bits or that has a bit set at or past ``n``."""
+    levels, words = bits.shape
+    out = np.empty(levels, np.int64)
+    for lev in range(levels):
+        acc = np.uint64(0)
+        ok = True
+        for blk in range(words // BLOCK_WORDS):
+            base = blk * BLOCK_WORDS
+            ok = ok and bits[lev, base] == acc
+            rel = np.uint64(0)
+            packed = np.uint64(0)
+            for k in range(6):
+                packed |= rel << np.uint64(9 * k)
+                word = bits[lev, base + 2 + k]
+                keep = n - (blk * BLOCK_BITS + 64 * k)  # bits of this word before position n
+                if keep < 64:
+                    ok = ok and (word == 0 if keep <= 0 else word >> np.uint64(keep) == 0)
+                rel += _popcount(word)
+            ok = ok and bits[lev, base + 1] == packed
+            acc += rel
+        out[lev] = np.int64(acc) if ok else -1
+    return out
+
+
+@njit(cache=True)
+def code_intervals(bits, zeros, n):
+    """Rows ``[starts[c], ends[c])`` of every code ``c < 2**levels`` after descending the wavelet
+    matrix from ``(0, n)`` (in bounds once ``rank_totals`` and ``zeros`` agree)."""
+    m = 1 << bits.shape[0]
+    starts = np.empty(m, np.int64)
+    ends = np.empty(m, np.int64)
+    for c in range(m):
+        starts[c], ends[c] = _descend(bits, zeros, 0, n, c)
+    return starts, ends
+
+
+@njit(cache=True)
 def reversed_text(codes, lengths):
     """Each document reversed and followed by a separator, then the sentinel."""
     text = np.empty(codes.size + lengths.size + 1, np.int32)
@@ -177,7 +216,8 @@ def _code_of(alphabet, token):
 
 
 @njit(inline="always")
-def _extend_code(bits, zeros, lf_offset, lo, hi, c):
+def _descend(bits, zeros, lo, hi, c):
+    """Rows ``lo..hi`` narrowed to code ``c``, down every wavelet-matrix level (empty: lo == hi)."""
     levels = bits.shape[0]
     for lev in range(levels):
         r_lo = _rank1(bits, lev, lo)
@@ -189,7 +229,15 @@ def _extend_code(bits, zeros, lf_offset, lo, hi, c):
             lo = lo - r_lo
             hi = hi - r_hi
         if lo == hi:
-            return 0, 0
+            break
+    return lo, hi
+
+
+@njit(inline="always")
+def _extend_code(bits, zeros, lf_offset, lo, hi, c):
+    lo, hi = _descend(bits, zeros, lo, hi, c)
+    if lo == hi:
+        return 0, 0
     return lf_offset[c] + lo, lf_offset[c] + hi
 
 
@@ -304,11 +352,12 @@ def next_symbols_batch(bits, zeros, alphabet, los, his):
 
 
 @njit(cache=True)
-def locate_text(bits, zeros, lf_offset, marks, samples, rate, lo, hi):
-    """Text positions (in the reversed text) of rows ``lo..hi-1``.
+def locate_text(bits, zeros, lf_offset, marks, samples, rate, lo, hi, n_rows):
+    """Text positions (in the reversed text) of rows ``lo..hi-1``, and False if the index is corrupt.
 
     Each row LF-walks to a sampled row; all rows advance in lockstep, one wavelet-matrix
-    level at a time, so their cache misses overlap.
+    level at a time, so their cache misses overlap. A sampled row is at most ``rate - 1``
+    steps away; a longer walk, or a position past the text, means a corrupt index.
     """
     levels = bits.shape[0]
     n = hi - lo
@@ -323,12 +372,16 @@ def locate_text(bits, zeros, lf_offset, marks, samples, rate, lo, hi):
             r, marked = _rank_access(marks, 0, row[j])
             if marked:
                 out[slot[j]] = np.int64(samples[r]) * rate + steps
+                if out[slot[j]] >= n_rows:
+                    return out, False
             else:
                 row[m] = row[j]
                 slot[m] = slot[j]
                 code[m] = 0
                 m += 1
         n = m
+        if n > 0 and steps >= rate - 1:
+            return out, False
         for lev in range(levels):
             z = zeros[lev]
             for j in range(n):
@@ -338,7 +391,7 @@ def locate_text(bits, zeros, lf_offset, marks, samples, rate, lo, hi):
         for j in range(n):
             row[j] += lf_offset[code[j]]
         steps += 1
-    return out
+    return out, True
 
 
 @njit(inline="always")

@@ -1,11 +1,13 @@
 """On-disk format: a directory with ``manifest.json`` and one ``.npy`` file per array."""
 
+import contextlib
+import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import numpy as np
 KIND = "fm_index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+TMP_TAG, OLD_TAG, LOCK_TAG = "genret-tmp-", "genret-old-", "genret-lock"  # as semantic_id/genret saves
 
 
 def _sha256(path):
@@ -30,45 +33,96 @@ def _write_npy(path, arr):
         os.fsync(fh.fileno())
 
 
-def save_dir(path, arrays, meta):
-    """Write atomically: build a temporary sibling directory, then rename it into place."""
-    path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a directory; choose another path")
-        if any(path.iterdir()) and not (path / MANIFEST).is_file():
-            raise FileExistsError(
-                f"{path} is a non-empty directory that is not a saved index; "
-                "refusing to replace it, choose another path"
-            )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+def _manifest_checksum(manifest):
+    """sha256 of the manifest's content (key order and whitespace aside), its own checksum left out."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_output(path, overwrite):
+    """Refuse a save path that is not absent, an empty directory or a saved index (another
+    artifact kind only with ``overwrite``): never replace a user's folder."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a directory; choose another path")
+    if not any(path.iterdir()):
+        return
     try:
-        entries = {}
-        for name, arr in arrays.items():
-            fname = f"{name}.npy"
-            _write_npy(tmp / fname, arr)
-            entries[name] = {
-                "file": fname,
-                "dtype": np.dtype(arr.dtype).str,
-                "shape": list(arr.shape),
-                "sha256": _sha256(tmp / fname),
-            }
-        manifest = {"kind": KIND, "format_version": FORMAT_VERSION, **meta, "arrays": entries}
-        with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            old = path.parent / f".{path.name}.{uuid.uuid4().hex}.old"
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        found = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        found = None
+    if not (isinstance(found, dict) and isinstance(found.get("kind"), str) and "format_version" in found):
+        raise FileExistsError(f"{path} is a non-empty folder that is not a genret {KIND} artifact; "
+                              "refusing to replace it, choose another path or empty it")
+    if found["kind"] != KIND and not overwrite:
+        raise FileExistsError(f"{path} holds a genret {found['kind']} artifact, not an FM index; pass "
+                              "overwrite=True to replace it, or choose another path")
+
+
+@contextlib.contextmanager
+def _lock(path):
+    """Exclusive ``flock`` on the sibling ``.<name>.genret-lock`` (the lock genret's saves take)."""
+    lock = path.with_name(f".{path.name}.{LOCK_TAG}")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BlockingIOError(f"another process is saving {path}; wait for it to finish") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)  # the previous holder removed the file as we opened it: lock the new one
+    try:
+        yield
+    finally:
+        os.unlink(lock)
+        os.close(fd)
+
+
+def save_dir(path, arrays, meta, overwrite=False):
+    """Write atomically: fill a temp sibling ``.<name>.genret-tmp-*`` under a lock, then rename
+    it into place. Temp siblings left by a killed save are removed first."""
+    path = Path(path)
+    _check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(path):
+        for tag in (TMP_TAG, OLD_TAG):
+            for left in path.parent.glob(f".{glob.escape(path.name)}.{tag}*"):
+                shutil.rmtree(left, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{TMP_TAG}", dir=path.parent))
+        try:
+            entries = {}
+            for name, arr in arrays.items():
+                fname = f"{name}.npy"
+                _write_npy(tmp / fname, arr)
+                entries[name] = {
+                    "file": fname,
+                    "dtype": np.dtype(arr.dtype).str,
+                    "shape": list(arr.shape),
+                    "sha256": _sha256(tmp / fname),
+                }
+            manifest = json.loads(json.dumps({"kind": KIND, "format_version": FORMAT_VERSION, **meta,
+                                              "arrays": entries}))
+            manifest["manifest_sha256"] = _manifest_checksum(manifest)
+            with open(tmp / MANIFEST, "w") as fh:
+                json.dump(manifest, fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _check_output(path, overwrite)
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{OLD_TAG}", dir=path.parent))
+                old.rmdir()
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _npy_header(path):
@@ -98,6 +152,9 @@ def load_dir(path, names, mmap, tokenizer, verify):
         manifest = json.loads(mpath.read_text())
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"{mpath} is not valid JSON ({e}); the index is corrupt, {rebuild}") from None
+    saved = manifest.get("manifest_sha256") if isinstance(manifest, dict) else None
+    if saved is not None and saved != _manifest_checksum(manifest):  # older saves have none
+        raise ValueError(f"{mpath} does not match its own checksum (corrupt or edited); {rebuild}")
     if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
         kind = manifest.get("kind") if isinstance(manifest, dict) else None
         raise ValueError(f"{path} holds kind {kind!r}, not {KIND!r}; pass the directory of an FM index")

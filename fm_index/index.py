@@ -134,6 +134,39 @@ class FMIndex:
                     "for the sizes in the manifest; the index is corrupt, rebuild it"
                 )
 
+    def _check_structure(self, where):
+        """O(n) consistency checks of everything the kernels index without bounds checks
+        (rank counts, zero counts, LF offsets, SA samples, document offsets), so that a
+        corrupt index raises here instead of crashing or hanging a later query."""
+        n, sigma, a = self.n_rows, self._alphabet.size + 2, self._alphabet
+
+        def corrupt(what):
+            return ValueError(f"{where}: {what}; the index is corrupt, rebuild it with "
+                              "FMIndex.build(...).save(path)")
+
+        if a.size and (a[0] < 0 or a[-1] >= self.vocab_size or np.any(np.diff(a) <= 0)):
+            raise corrupt(f"alphabet is not ascending token ids below vocab_size={self.vocab_size}")
+        ones = K.rank_totals(self._bits, n)
+        marks = K.rank_totals(self._marks, n)[0]
+        if np.any(ones < 0) or marks < 0:
+            raise corrupt(f"{'sa_marks' if marks < 0 else 'wm_bits'} rank counts disagree with its bits")
+        if not np.array_equal(self._zeros, n - ones):
+            raise corrupt("wm_zeros disagree with wm_bits")
+        starts, ends = K.code_intervals(self._bits, self._zeros, n)
+        counts = ends - starts
+        if counts[0] != 1 or counts[1] != self.n_docs or np.any(counts[2:sigma] < 1) or np.any(counts[sigma:]):
+            raise corrupt("wm_bits do not hold one end marker, n_docs separators and each alphabet token")
+        first_row = np.cumsum(counts[:sigma]) - counts[:sigma]
+        if not np.array_equal(self._lf, first_row - starts[:sigma]):
+            raise corrupt("lf_offset disagrees with the wavelet matrix")
+        if marks != self._samples.size:
+            raise corrupt(f"sa_marks mark {marks} rows but there are {self._samples.size} SA samples")
+        if not np.array_equal(np.sort(self._samples), np.arange(self._samples.size)):
+            raise corrupt("sa_samples are not the sampled text positions")
+        d = self._doc_offsets
+        if d[0] != 0 or d[-1] != self.n_tokens or np.any(np.diff(d) < 0):
+            raise corrupt("doc_offsets are not ascending from 0 to n_tokens")
+
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, docs, vocab_size=None, sa_sample_rate=32, progress=False, tokenizer=None):
@@ -294,17 +327,22 @@ class FMIndex:
         if length < 1:
             raise ValueError("the empty pattern has no occurrences to locate")
         hi = self._limit(lo, hi, limit)
-        pos = K.locate_text(self._bits, self._zeros, self._lf, self._marks, self._samples,
-                            self.sa_sample_rate, lo, hi)
-        return K.forward_starts(pos, self._doc_offsets, length)
+        return K.forward_starts(self._text_positions(lo, hi), self._doc_offsets, length)
+
+    def _text_positions(self, lo, hi):
+        pos, ok = K.locate_text(self._bits, self._zeros, self._lf, self._marks, self._samples,
+                                self.sa_sample_rate, lo, hi, self.n_rows)
+        if not ok:
+            raise ValueError("the index is corrupt (a suffix-array walk left the text); rebuild it "
+                             "with FMIndex.build(...).save(path), or load it with verify=True to "
+                             "find the damaged file")
+        return pos
 
     def documents(self, rng, limit=None):
         """Documents that contain the pattern and occurrence counts (``limit`` caps occurrences read)."""
         lo, hi = self._rows(rng)
         hi = self._limit(lo, hi, limit)
-        pos = K.locate_text(self._bits, self._zeros, self._lf, self._marks, self._samples,
-                            self.sa_sample_rate, lo, hi)
-        return Documents(*K.doc_counts(pos, self._doc_offsets))
+        return Documents(*K.doc_counts(self._text_positions(lo, hi), self._doc_offsets))
 
     def doc_positions(self, offsets):
         """Map offsets from ``locate`` to ``(doc_ids, positions within the document)``."""
@@ -323,8 +361,12 @@ class FMIndex:
         """Bytes of all arrays (what count/extend/next_symbols/locate/documents read)."""
         return sum(a.nbytes for a in self._arrays.values())
 
-    def save(self, path):
-        """Save to directory ``path`` atomically (temp dir, then rename)."""
+    def save(self, path, overwrite=False):
+        """Save to directory ``path`` atomically (temp dir, then rename).
+
+        ``path`` must be absent, an empty directory or a saved index; another genret artifact
+        only with ``overwrite=True``; any other folder is refused.
+        """
         meta = {
             "n_docs": self.n_docs,
             "n_tokens": self.n_tokens,
@@ -332,21 +374,26 @@ class FMIndex:
             "sa_sample_rate": self.sa_sample_rate,
             "tokenizer": self.tokenizer,
         }
-        save_dir(path, self._arrays, meta)
+        save_dir(path, self._arrays, meta, overwrite)
 
     @classmethod
-    def load(cls, path, mmap=True, tokenizer=None, verify=False):
+    def load(cls, path, mmap=True, tokenizer=None, verify=True):
         """Load a saved index (memory-mapped by default).
 
-        Always checks the manifest, array headers and file sizes; ``verify=True`` also
-        checks each file's sha256. A ``tokenizer`` identity must match the manifest's.
+        Always checks the manifest, array headers, file sizes and the arrays' structure (O(n):
+        a corrupt index raises a ValueError, it never crashes or hangs a query). ``verify``
+        (default) also checks each file's sha256; ``verify=False`` skips that for a huge index
+        already checked once: a damaged file that stays structurally sound then gives wrong
+        results instead of an error. A ``tokenizer`` identity must match the manifest's.
         """
         arrays, m = load_dir(path, _ARRAYS, mmap, tokenizer, verify)
         try:
             meta = {k: m[k] for k in ("n_docs", "n_tokens", "vocab_size", "sa_sample_rate")}
-            return cls(arrays, **meta, tokenizer=m.get("tokenizer"))
+            index = cls(arrays, **meta, tokenizer=m.get("tokenizer"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"the manifest in {path} is incomplete ({e}); rebuild the index") from None
+        index._check_structure(path)
+        return index
 
     def __repr__(self):
         return (f"FMIndex(n_docs={self.n_docs}, n_tokens={self.n_tokens}, vocab_size={self.vocab_size}, "

@@ -2,95 +2,76 @@
 
 The manifest records the kind, the format version, free-form identity fields (tokenizer,
 encoder, config) and the size and sha256 of every file, so a load can say exactly what
-is wrong (another kind, an old version, a truncated file) and how to fix it.
+is wrong (another kind, an old version, a truncated or corrupt file) and how to fix it.
+The policy (where a save may write, temp and lock siblings, verified loads) is
+:mod:`semantic_id.artifact`'s, shared by every genret artifact; this module adds the genret
+command that rebuilds each kind to the errors, and a guard for loaders.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import functools
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from semantic_id.artifact import (ArtifactError, artifact_kind, atomic_dir, check_output_dir,  # noqa: F401
+                                  manifest_checksum, path_lock)
+from semantic_id.artifact import read_manifest as _read_manifest
+from semantic_id.artifact import sha256_file as sha256  # noqa: F401
 
-class ArtifactError(ValueError):
-    """An artifact directory that cannot be used as asked; the message says why and what to do."""
+_TRAIN = "rebuild it with `genret train --mode {mode} ... --out {path}`"
+REBUILD = {
+    "bm25": "rebuild it with make_retriever('bm25').fit(dataset).save('{path}') "
+            "(`genret compare` without --resume does it for its rows)",
+    "gr-multispan": _TRAIN.replace("{mode}", "multispan"),
+    "gr-sid": _TRAIN.replace("{mode}", "semantic-id --sid DIR"),
+    "dense": _TRAIN.replace("{mode}", "dense"),
+    "splade": _TRAIN.replace("{mode}", "splade"),
+    "prosper": _TRAIN.replace("{mode}", "prosper"),
+    "backbone": "rebuild it with `genret pretrain --out {path}`",
+    "synth": "rebuild it with `genret synth ... --out {path}`",
+    "semantic_id.ids": "rebuild it with `genret sid build ... --out {path}`",
+    "fm_index": "rebuild it with FMIndex.build(...).save('{path}')",
+}
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, kind: str, version: int, **info):
-    """Yield a temporary directory to fill; on success write the manifest and move it to
-    ``path`` (replacing an older artifact there). On error nothing is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        files = {str(f.relative_to(tmp)): {"bytes": f.stat().st_size, "sha256": sha256(f)}
-                 for f in sorted(tmp.rglob("*")) if f.is_file()}
-        manifest = {"kind": kind, "format_version": version, **info, "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def rebuild_hint(path: str | os.PathLike, kind: str | None) -> str:
+    """What to run to rebuild a ``kind`` artifact at ``path`` (ends every load error)."""
+    return REBUILD.get(kind, "rebuild it").format(path=path)
 
 
 def read_manifest(path: str | os.PathLike, kind: str | None = None, version: int | None = None,
-                  verify: bool = False, **expect) -> dict:
-    """Read and check ``path/manifest.json``.
+                  verify: bool = True, rebuild: str | None = None, **expect) -> dict:
+    """:func:`semantic_id.artifact.read_manifest` (sizes always, sha256 unless ``verify=False``)
+    whose errors end with ``rebuild``, by default the genret command that rebuilds ``kind``
+    (or the kind the manifest names)."""
+    rebuild = rebuild or rebuild_hint(path, kind or artifact_kind(path))
+    return _read_manifest(path, kind, version, verify, rebuild, **expect)
 
-    Checks the kind, the format version, every ``expect`` field (e.g. a tokenizer
-    identity), that every listed file exists with its recorded size, and with ``verify``
-    its sha256.
-    """
-    path = Path(path)
-    mf = path / "manifest.json"
-    if not mf.exists():
-        raise ArtifactError(f"{path}: no manifest.json — not a genret artifact, or an interrupted "
-                            "save; rebuild it")
+
+@contextlib.contextmanager
+def loading(path: str | os.PathLike, kind: str | None):
+    """Turn any error but an ArtifactError (which says what to do already) that reading an
+    artifact raises (OSError, SafetensorError, IndexError, UnicodeDecodeError, a numpy
+    ValueError, ...) into a one-line ArtifactError naming ``path`` and its rebuild command."""
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError:
-        raise ArtifactError(f"{mf}: corrupt JSON; rebuild the artifact") from None
-    if kind is not None and manifest.get("kind") != kind:
-        raise ArtifactError(f"{path}: holds a {manifest.get('kind')!r} artifact, not {kind!r}; "
-                            "point to the right directory")
-    if version is not None and manifest.get("format_version") != version:
-        raise ArtifactError(f"{path}: format version {manifest.get('format_version')} but this "
-                            f"genret reads version {version}; rebuild it with this version")
-    for key, want in expect.items():
-        if want is not None and manifest.get(key) != want:
-            raise ArtifactError(f"{path}: built with {key} {manifest.get(key)!r}, but "
-                                f"{want!r} was given; rebuild it with the same {key}")
-    for name, meta in manifest.get("files", {}).items():
-        f = path / name
-        if not f.exists():
-            raise ArtifactError(f"{f}: missing; the artifact is incomplete, rebuild it")
-        if f.stat().st_size != meta["bytes"]:
-            raise ArtifactError(f"{f}: {f.stat().st_size} bytes, the manifest says {meta['bytes']} "
-                                "(truncated or modified); rebuild it")
-        if verify and sha256(f) != meta["sha256"]:
-            raise ArtifactError(f"{f}: checksum mismatch (corrupt); rebuild it")
-    return manifest
+        yield
+    except ArtifactError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ArtifactError(f"{path}: cannot be loaded ({type(e).__name__}: {first}); "
+                            f"{rebuild_hint(path, kind)}") from None
+
+
+def reads_artifact(load):
+    """Decorate a retriever's ``_load(cls, path)`` with :func:`loading` for its kind."""
+    @functools.wraps(load)
+    def guarded(cls, path, *args, **kwargs):
+        with loading(path, cls.kind):
+            return load(cls, path, *args, **kwargs)
+    return guarded
 
 
 def dir_bytes(path: str | os.PathLike) -> int:

@@ -49,7 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from .artifact import ArtifactError, atomic_dir, read_manifest
+from .artifact import ArtifactError, artifact_kind, atomic_dir, check_output_dir, loading, read_manifest
 
 MARKER_FILE = "genret_backbone.json"
 KIND = "backbone"
@@ -64,7 +64,7 @@ MARKERS = [SEP, QUERY, TITLE, ID]
 SPECIAL_TOKENS = [EOS, *MARKERS]  # ids 0..4 in the embedded tokenizer
 
 
-class BackboneError(ValueError):
+class BackboneError(ArtifactError):
     """A backbone that cannot be built or loaded; the message says why and what to do."""
 
 
@@ -213,7 +213,7 @@ def is_genret_backbone(path: str | os.PathLike) -> bool:
     if cfg.is_file():
         try:
             return bool(json.loads(cfg.read_text()).get("genret_tokenizer"))
-        except (json.JSONDecodeError, OSError):
+        except (ValueError, OSError):  # a damaged file (JSON or UTF-8): not ours to trust
             return False
     return False
 
@@ -240,12 +240,15 @@ def _set_specials(tok):
 
 
 def load_backbone(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                  markers: bool = True):
+                  markers: bool = True, verify: bool = True):
     """Load ``(model, tokenizer)``: a genret backbone directory (from :func:`pretrain` or
     :func:`save_backbone`), or any HF causal LM by local path or hub name.
 
-    Foreign tokenizers get the genret markers (and pad = EOS) with ``markers=True``, the
-    model's embeddings resized to match. The model is in eval mode.
+    A genret directory is checked against its manifest first: file sizes, and sha256 unless
+    ``verify=False`` (for a directory whose files were checked already); a damaged one is
+    a one-line BackboneError naming the file. Foreign tokenizers get the genret markers
+    (and pad = EOS) with ``markers=True``, the model's embeddings resized to match. The
+    model is in eval mode.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -263,14 +266,15 @@ def load_backbone(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.fl
         if not (p / "config.json").is_file():
             raise BackboneError(f"{p}: no config.json, so not a model directory; build one with "
                                 f"`genret pretrain --out {p}`")
-        if is_genret_backbone(p):
-            if (p / "manifest.json").is_file():
-                try:
-                    read_manifest(p, kind=KIND)
-                except ArtifactError as e:
-                    raise BackboneError(str(e)) from None
-            tokenizer = load_tokenizer(p)
-            model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+        if artifact_kind(p) == KIND or is_genret_backbone(p):  # a damaged marker is checked too
+            try:
+                if (p / "manifest.json").is_file():
+                    read_manifest(p, kind=KIND, verify=verify)
+                with loading(p, artifact_kind(p)):  # a model inside another artifact has no kind
+                    tokenizer = load_tokenizer(p)
+                    model = AutoModelForCausalLM.from_pretrained(str(p), dtype=dtype)
+            except ArtifactError as e:
+                raise BackboneError(str(e)) from None
             rows = model.get_input_embeddings().num_embeddings
             if len(tokenizer) > rows:
                 raise BackboneError(f"{p}: the tokenizer has {len(tokenizer)} tokens but the model only "
@@ -290,16 +294,18 @@ def load_backbone(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.fl
     return model, tokenizer
 
 
-def save_backbone(model, tokenizer, out_dir: str | os.PathLike, **info) -> Path:
+def save_backbone(model, tokenizer, out_dir: str | os.PathLike, overwrite: bool = False, **info) -> Path:
     """Save model + tokenizer atomically as a genret backbone directory (HF layout plus
     ``genret_backbone.json`` with ``info`` and ``manifest.json`` with checksums). Use it
-    for fine-tuned models too, so :func:`load_backbone` keeps reading the tokenizer right."""
+    for fine-tuned models too, so :func:`load_backbone` keeps reading the tokenizer right.
+    ``out_dir`` must be absent, empty or a backbone (another genret artifact only with
+    ``overwrite``), never a user's folder."""
     if hasattr(model, "merge_and_unload"):
         raise BackboneError("save_backbone got a PEFT model (only the adapter would be saved); "
                             "call model.merge_and_unload() first")
     out = Path(out_dir)
     ident = tokenizer_identity(tokenizer)
-    with atomic_dir(out, KIND, FORMAT_VERSION, tokenizer=ident,
+    with atomic_dir(out, KIND, FORMAT_VERSION, overwrite, tokenizer=ident,
                     preset=info.get("preset")) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
@@ -435,9 +441,10 @@ def get_preset(preset: str | Preset) -> Preset:
 
 
 def pretrain(dataset, out_dir: str | os.PathLike, preset: str | Preset = "small", seed: int = 0,
-             progress: bool = True) -> Path:
+             progress: bool = True, overwrite: bool = False) -> Path:
     """Train the embedded backbone (tokenizer, then a Qwen2 LM from scratch, one epoch)
-    on ``dataset``'s titles and train queries and save it atomically to ``out_dir``.
+    on ``dataset``'s titles and train queries and save it atomically to ``out_dir``
+    (checked before training: see :func:`save_backbone` for what it may replace).
 
     Returns ``out_dir``; its ``genret_backbone.json`` records the preset, vocabulary size,
     parameter count, data hash, training seconds and the loss log.
@@ -447,9 +454,7 @@ def pretrain(dataset, out_dir: str | os.PathLike, preset: str | Preset = "small"
                               TrainingArguments, set_seed)
 
     cfg = get_preset(preset)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise BackboneError(f"{out}: exists and is not a directory; choose another --out")
+    out = check_output_dir(out_dir, KIND, overwrite)
     titles, queries = training_texts(dataset, cfg, seed)
     if not titles:
         raise BackboneError(f"{dataset.name}: the catalog has no titles to pretrain on")
@@ -500,7 +505,7 @@ def pretrain(dataset, out_dir: str | os.PathLike, preset: str | Preset = "small"
             "final_loss": losses[-1][1] if losses else None, "loss_log": losses,
             "torch_threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    save_backbone(model, tokenizer, out, **info)
+    save_backbone(model, tokenizer, out, overwrite, **info)
     return out
 
 
@@ -508,13 +513,20 @@ def default_backbone(dataset, preset: str | Preset = "small", seed: int = 0,
                      cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The embedded backbone for ``dataset``: pretrained on first use, then reused from
     ``cache_dir`` (default ``$GENRET_CACHE`` or ``./.cache``), keyed by preset, seed and
-    the hash of the texts it learns from."""
+    the hash of the texts it learns from. A cached one is verified (sizes and sha256) on
+    every use; a damaged one is a BackboneError saying to delete it."""
     cfg = get_preset(preset)
     titles, queries = training_texts(dataset, cfg, seed)
     key = f"{cfg.name}-seed{seed}-{data_hash(titles, queries).split(':')[1]}"
     root = Path(cache_dir or os.environ.get("GENRET_CACHE") or Path.cwd() / ".cache")
     path = root / "backbones" / key
-    if not (path / MARKER_FILE).is_file():
+    if path.exists():
+        try:
+            read_manifest(path, kind=KIND, rebuild=f"delete {path} (the cached backbone) and "
+                                                   "genret pretrains it again on next use")
+        except ArtifactError as e:
+            raise BackboneError(str(e)) from None
+    else:
         with preserved_rng():  # a cache miss must not change what the caller draws next
             pretrain(dataset, path, cfg, seed, progress=progress)
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .artifact import atomic_dir
+from .artifact import atomic_dir, reads_artifact
 from .eval import Run, tiebreak_keys, top_k
 from .retriever import Retriever, as_queries
 
@@ -72,13 +72,14 @@ class BM25Retriever(Retriever):
             run.add(qid, [self.product_ids[i] for i in idx], scores[idx])
         return run
 
-    def save(self, path) -> None:
-        with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg),
+    def save(self, path, overwrite: bool = False) -> None:
+        with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg),
                         n_products=len(self.product_ids), catalog=self.catalog) as tmp:
             self.model.save(str(tmp / "bm25s"))
             (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
 
     @classmethod
+    @reads_artifact
     def _load(cls, path: Path) -> "BM25Retriever":
         import bm25s
 

@@ -4,39 +4,97 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from .artifact import ArtifactError, check_output_dir
 from .data import BUCKETS, DataError, load_dataset, with_extra_pairs
 from .eval import DEFAULT_METRICS, evaluate
 
 
-def _add_data(p: argparse.ArgumentParser) -> None:
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like genret's other errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _finite_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value!r}")
+    return x
+
+
+def _add_data(p: argparse.ArgumentParser, threshold: bool = True) -> None:
     p.add_argument("--data", help="dataset file or directory (default: $GENRET_DATA, else "
                                   "../shared/data/homedepot/train.csv.zip)")
-    p.add_argument("--threshold", type=float, help="relevance threshold (default: the dataset's)")
+    p.add_argument("--encoding", help="encoding of the data files (default: UTF-8; the Home Depot "
+                                      "CSV falls back to latin-1 when it is no valid UTF-8)")
+    if threshold:
+        p.add_argument("--threshold", type=_finite_float,
+                       help="relevance threshold (default: the dataset's)")
+
+
+def _load_data(args):
+    return load_dataset(args.data, getattr(args, "threshold", None), args.encoding)
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing genret artifact of another kind at --out")
+
+
+def _load_model(args, ds=None):
+    """The saved retriever of ``--model``: of the kind ``--retriever`` names (when given),
+    fitted on the catalog of ``ds`` (when given)."""
+    from .retriever import load_retriever
+
+    retriever = load_retriever(args.model, getattr(args, "retriever", None))
+    if ds is not None:
+        retriever.check_catalog(ds, where=f"the model at {args.model}")
+    return retriever
 
 
 def cmd_eval(args) -> int:
-    from .retriever import load_retriever, make_retriever
+    from .retriever import make_retriever
 
-    ds = load_dataset(args.data, args.threshold)
+    if not (args.model or args.retriever):
+        raise ValueError("give --retriever NAME (fitted here) or --model DIR (a saved retriever)")
+    ds = _load_data(args)
     qids = ds.split(args.split)
     t0 = time.perf_counter()
-    retriever = load_retriever(args.model) if args.model else make_retriever(args.retriever).fit(ds)
+    retriever = _load_model(args, ds) if args.model else make_retriever(args.retriever).fit(ds)
+    name = args.retriever or retriever.kind
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     run = retriever.search({q: ds.queries[q] for q in qids}, args.k, progress=not args.json)
     search_s = time.perf_counter() - t0
     res = evaluate(run, ds, qids)
     if args.json:
-        print(json.dumps({"retriever": args.retriever, "split": args.split, **res["overall"],
+        print(json.dumps({"retriever": name, **({"model": args.model} if args.model else {}),
+                          "split": args.split, **res["overall"],
                           "buckets": res["buckets"], "fit_seconds": fit_s,
                           "ms_per_query": 1000 * search_s / len(qids)}))
         return 0
     ms = DEFAULT_METRICS
-    print(f"{args.retriever} on {ds.name} {args.split} ({len(qids)} queries, "
+    label = f"{name} ({args.model})" if args.model else name
+    print(f"{label} on {ds.name} {args.split} ({len(qids)} queries, "
           f"{len(ds.catalog)} products; fit {fit_s:.1f}s, {1000 * search_s / len(qids):.1f} ms/query)")
     print(f"| bucket | n | " + " | ".join(ms) + " |")
     print("|---" * (len(ms) + 2) + "|")
@@ -47,12 +105,13 @@ def cmd_eval(args) -> int:
 
 def cmd_compare(args) -> int:
     from .data import synthetic_dataset
-    from .harness import CompareConfig, compare
+    from .harness import CompareConfig, claim_results_dir, compare
 
     cfg = CompareConfig.from_yaml(args.config)
     cfg.data = args.data or cfg.data
+    claim_results_dir(args.out)  # a busy or user-owned --out fails before the data loads
     try:
-        ds = load_dataset(cfg.data, args.threshold)
+        ds = load_dataset(cfg.data, args.threshold, args.encoding)
     except DataError:
         if cfg.data:
             raise
@@ -70,18 +129,25 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from .harness import report
 
-    ds = load_dataset(args.data, args.threshold) if args.data else None
+    if args.data and args.threshold is None:  # the threshold the comparison ran with
+        try:
+            args.threshold = json.loads((Path(args.dir) / "metrics.json").read_text())["meta"]["dataset"]["threshold"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # report() says what is wrong with the directory
+    ds = _load_data(args) if args.data else None
     print(report(args.dir, ds))
     print(f"re-rendered {args.dir}/ (metrics.json, table.md, table.csv, *.png) from its runs/")
     return 0
 
 
 def cmd_pretrain(args) -> int:
-    from .backbone import backbone_info, get_preset, pretrain
+    from .backbone import KIND, backbone_info, get_preset, pretrain
 
-    preset = get_preset(args.preset)  # fail on a bad preset before loading any data
-    ds = load_dataset(args.data, args.threshold)
-    out = pretrain(ds, args.out, preset=preset, seed=args.seed, progress=not args.quiet)
+    preset = get_preset(args.preset)  # fail on a bad preset or --out before loading any data
+    check_output_dir(args.out, KIND, args.overwrite)
+    ds = _load_data(args)
+    out = pretrain(ds, args.out, preset=preset, seed=args.seed, progress=not args.quiet,
+                   overwrite=args.overwrite)
     info = backbone_info(out)
     print(f"backbone ({info['preset']}) written to {out}: {info['n_params']:,} parameters, "
           f"vocab {info['vocab_size']}, {info['n_titles']} titles + {info['n_queries']} train queries "
@@ -130,31 +196,33 @@ def cmd_train(args) -> int:
         raise ValueError(f"--stage/--init/--sid apply to the generative modes, not {args.mode!r}")
     if args.mode == "semantic-id" and not (args.sid or args.init):
         raise ValueError("--mode semantic-id needs --sid DIR (from `genret sid build`) or --init DIR")
-    ds = load_dataset(args.data, args.threshold)
+    retriever = make_retriever(name, **params)  # fail on a bad setting or --out before loading data
+    check_output_dir(args.out, retriever.kind, args.overwrite)
+    ds = _load_data(args)
     if args.extra_pairs:
         n = sum(map(len, ds.qrels.values()))
         ds = with_extra_pairs(ds, args.extra_pairs)
         print(f"extra pairs: {sum(map(len, ds.qrels.values())) - n} train labels added from "
               f"{args.extra_pairs}", file=sys.stderr)
     t0 = time.perf_counter()
-    retriever = make_retriever(name, **params)
     work = Path(args.out).with_name(f".{Path(args.out).name}.work")
     retriever.fit(ds, out_dir=str(work))
     from accelerate import PartialState
 
     state = PartialState()  # under `accelerate launch` every process trains; one saves
     if state.is_main_process:
-        retriever.save(args.out)
+        retriever.save(args.out, overwrite=args.overwrite)
     state.wait_for_everyone()
     print(f"{name} trained in {time.perf_counter() - t0:.0f} s and saved to {args.out}; "
-          f"evaluate: genret eval --retriever {args.mode} --model {args.out} --split dev")
+          f"evaluate: genret eval --model {args.out} --split dev")
     return 0
 
 
 def cmd_synth(args) -> int:
-    from .synth import synth_config, synthesize
+    from .retriever import check_settings
+    from .synth import SynthConfig, synth_config, synthesize
 
-    params = parse_overrides(args.set)
+    params = check_settings(SynthConfig, parse_overrides(args.set), "synth")
     for key in ("queries", "candidates", "preset", "backbone", "channels", "decoding",
                 "dpo_queries", "seed"):
         if getattr(args, key) is not None:
@@ -162,7 +230,7 @@ def cmd_synth(args) -> int:
     if args.full:
         params.setdefault("train", {})["full"] = True
     cfg = synth_config(**params)  # fail on a bad option before loading any data
-    ds = load_dataset(args.data, args.threshold)
+    ds = _load_data(args)
     rep = synthesize(ds, cfg, args.out, progress=not args.quiet)
     c, s = rep["counts"], rep["shift"]
     print(f"{c['pairs_kept']} pairs for {c['queries_with_pairs']} of {c['queries']} train queries "
@@ -176,9 +244,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from .retriever import load_retriever
-
-    retriever = load_retriever(args.model)
+    retriever = _load_model(args, _load_data(args) if args.data else None)
     query = " ".join(args.query)
     detail = retriever.explain(query, args.k)
     if args.json:
@@ -213,15 +279,17 @@ def _sid_table(rep: dict) -> str:
 
 def cmd_sid(args) -> int:
     from semantic_id import SemanticIDError, SemanticIDs
+    from semantic_id.core import KIND
 
     try:
         if args.sid_command == "build":
             from .semantic import build_ids
 
-            ds = load_dataset(args.data, args.threshold)
+            check_output_dir(args.out, KIND, args.overwrite)
+            ds = _load_data(args)
             sids = build_ids(ds, args.quantizer, args.levels, args.codebook, args.prune, args.top_k,
                              args.encoder, args.seed, progress=not args.quiet)
-            sids.save(args.out)
+            sids.save(args.out, overwrite=args.overwrite)
             sids.plot(Path(args.out) / "sandglass.png")
             print(_sid_table(sids.report()))
             print(f"semantic IDs written to {args.out} (plot: {Path(args.out) / 'sandglass.png'}); "
@@ -235,15 +303,17 @@ def cmd_sid(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="genret", description="generative retrieval for product search")
+    ap = _Parser(prog="genret", description="generative retrieval for product search")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="evaluate one retriever on a split")
     _add_data(p)
-    p.add_argument("--retriever", required=True, help="registry name, e.g. bm25, bm25-stem")
-    p.add_argument("--model", help="a saved retriever directory (skips fitting)")
+    p.add_argument("--retriever", help="registry name, e.g. bm25, bm25-stem (with --model: optional, "
+                                        "and it must name the saved model's kind)")
+    p.add_argument("--model", help="a saved retriever directory (skips fitting; it must have been "
+                                   "fitted on this data's catalog)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test", "all"])
-    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--k", type=_positive_int, default=1000, help="products retrieved per query (>= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -265,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "on the catalog titles and train queries")
     _add_data(p)
     p.add_argument("--out", required=True, help="output directory (an HF model directory)")
+    _add_overwrite(p)
     p.add_argument("--preset", default="small", help="tiny (tests, seconds) or small (default, results)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -274,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, choices=sorted(TRAIN_MODES))
     _add_data(p)
     p.add_argument("--out", required=True, help="output directory (the saved retriever)")
+    _add_overwrite(p)
     p.add_argument("--stage", default="sft", choices=["sft", "dpo"],
                    help="generative modes: sft, or dpo (on --init, or after an SFT pass)")
     p.add_argument("--init", help="start from a saved generative retriever (e.g. the SFT one)")
@@ -311,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search with a saved retriever and show why")
     p.add_argument("--model", required=True, help="a saved retriever directory")
     p.add_argument("query", nargs="+")
-    p.add_argument("--k", type=int, default=10)
+    _add_data(p, threshold=False)
+    p.add_argument("--k", type=_positive_int, default=10, help="products shown (>= 1)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
@@ -320,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sid.add_parser("build", help="encode titles, quantise, prune, dedup; write the IDs and sandglass.png")
     _add_data(q)
     q.add_argument("--out", required=True, help="output directory (the SemanticIDs)")
+    _add_overwrite(q)
     q.add_argument("--quantizer", default="rkmeans", choices=["rkmeans", "rqvae"])
     q.add_argument("--levels", type=int, default=3)
     q.add_argument("--codebook", type=int, default=256)
@@ -341,9 +415,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as e:
+    except (DataError, ArtifactError, ValueError, OSError) as e:
         print(f"genret {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"genret {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class Dataset:
     ``qrels`` keeps every graded label (non-relevant ones are useful negatives);
     ``relevant(q)`` applies the threshold. ``query_split`` maps each query id to a split.
     ``query_freq`` (optional) drives the head/torso/tail buckets when the data has it.
+    ``encoding`` is the one its text files were read with (None for generated data).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Dataset:
     query_split: dict[str, str]
     descriptions: dict[str, str] = field(default_factory=dict)
     query_freq: dict[str, float] | None = None
+    encoding: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for rel in self.qrels.values() for p in rel if p not in self.catalog]
@@ -143,7 +146,7 @@ class Dataset:
             threshold=self.threshold,
             query_split={q: s for q, s in self.query_split.items() if q in qset},
             descriptions={p: d for p, d in self.descriptions.items() if p in catalog},
-            query_freq=self.query_freq,
+            query_freq=self.query_freq, encoding=self.encoding,
         )
         sub._buckets = {q: b for q, b in self.buckets().items() if q in qset}
         return sub
@@ -163,7 +166,7 @@ class Dataset:
 
     def summary(self) -> dict:
         return {"name": self.name, "products": len(self.catalog), "queries": len(self.queries),
-                "threshold": self.threshold,
+                "threshold": self.threshold, "encoding": self.encoding,
                 **{f"{s}_queries": len(self.split(s)) for s in SPLITS}}
 
 
@@ -195,8 +198,13 @@ _LAYOUTS = "expected a Home Depot train.csv(.zip) (or a directory holding one), 
            "(WANDS) or corpus.tsv (Multi-CPR)"
 
 
-def load_dataset(path: str | os.PathLike | None = None, threshold: float | None = None) -> Dataset:
+def load_dataset(path: str | os.PathLike | None = None, threshold: float | None = None,
+                 encoding: str | None = None) -> Dataset:
     """Load a dataset, choosing the format from what ``path`` holds.
+
+    ``encoding`` of the text files; None: UTF-8, and for the Home Depot CSV latin-1 when
+    it is no valid UTF-8 (the competition file is latin-1). The one used is
+    ``dataset.encoding``.
 
     - a file (``*.csv`` / ``*.zip`` with Home Depot columns) -> :func:`load_homedepot`
     - a directory with ``products.tsv`` -> :func:`load_tsv_dir`
@@ -215,15 +223,15 @@ def load_dataset(path: str | os.PathLike | None = None, threshold: float | None 
     if not p.exists():
         raise DataError(f"{p}: no such file or directory; pass --data PATH or set GENRET_DATA")
     if p.is_file():
-        return load_homedepot(p, threshold)
+        return load_homedepot(p, threshold, encoding)
     for marker, loader in (("products.tsv", load_tsv_dir), ("corpus.jsonl", load_beir),
                            ("shopping_queries_dataset_examples.parquet", load_esci),
                            ("label.csv", load_wands), ("corpus.tsv", load_multicpr)):
         if (p / marker).exists():
-            return loader(p, threshold)
+            return loader(p, threshold, encoding=encoding)
     for name in ("train.csv.zip", "train.csv"):
         if (p / name).is_file():
-            return load_homedepot(p / name, threshold)
+            return load_homedepot(p / name, threshold, encoding)
     raise DataError(f"{p}: not a known dataset layout; {_LAYOUTS}")
 
 
@@ -249,14 +257,39 @@ def _grade(value, where: str, column: str = "relevance") -> float:
     return g
 
 
-def _decode_utf8(path: Path) -> str:
+def _used(encoding: str | None) -> str:
+    """The encoding recorded for text files read with ``encoding`` and no fallback."""
+    return encoding or "utf-8"
+
+
+def _decode(path: Path, raw: bytes, encoding: str | None, fallback: str | None = None) -> tuple[str, str]:
+    """The text of ``raw`` (the bytes of ``path``) and the encoding it was read with:
+    ``encoding``, or when None UTF-8 (a leading BOM dropped), else ``fallback``. Bytes
+    that do not decode are a DataError naming their offset and line."""
+    name = _used(encoding)
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        return raw.decode(name).removeprefix("\ufeff"), name
+    except LookupError:
+        raise DataError(f"unknown text encoding {encoding!r}; pass e.g. --encoding utf-8 or "
+                        "--encoding latin-1") from None
     except UnicodeDecodeError as e:
-        raw = path.read_bytes()
+        if encoding is None and fallback:
+            return raw.decode(fallback), fallback
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line} is not valid UTF-8 (byte {raw[e.start]:#04x}); "
-                        "re-save the file as UTF-8") from None
+        raise DataError(f"{path}: line {line} is not valid {encoding or 'UTF-8'} (byte "
+                        f"{raw[e.start]:#04x} at byte offset {e.start}); re-save the file as "
+                        f"{encoding or 'UTF-8'} or pass its encoding, e.g. --encoding "
+                        f"{'utf-8' if encoding else 'latin-1'}") from None
+
+
+def _read_text(path: Path, encoding: str | None) -> str:
+    return _decode(path, path.read_bytes(), encoding)[0]
+
+
+def _nonempty(text: str | None, where: str, what: str) -> str:
+    if not (text or "").strip():
+        raise DataError(f"{where} has an empty {what}; every row needs one (fix or remove the row)")
+    return text
 
 
 class _Labels:
@@ -288,7 +321,7 @@ class _Labels:
         self._where[qid, pid] = where
 
 
-def _read_homedepot_text(path: Path) -> str:
+def _read_homedepot_bytes(path: Path) -> bytes:
     _need_file(path, "pass the Home Depot train.csv or train.csv.zip "
                      "(../shared/data/homedepot/train.csv.zip)")
     raw: bytes
@@ -306,11 +339,22 @@ def _read_homedepot_text(path: Path) -> str:
             raise DataError(f"{path}: not a readable zip ({e}); re-download the file") from None
     else:
         raw = path.read_bytes()
-    return raw.decode("latin-1")  # the competition file is latin-1; every byte decodes
+    return raw
 
 
-def load_homedepot(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
-    """The Home Depot ``train.csv`` (or its zip): latin-1; one product per product_uid
+def _csv_rows(reader, path: Path):
+    """The rows of ``reader``; a row the csv module cannot parse is a DataError."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num} is not valid CSV ({e}); fix the line, "
+                        "or pass the Home Depot train.csv") from None
+
+
+def load_homedepot(path: str | os.PathLike, threshold: float | None = None,
+                   encoding: str | None = None) -> Dataset:
+    """The Home Depot ``train.csv`` (or its zip): read as ``encoding``, by default UTF-8
+    when it decodes, else latin-1 (the competition file's); one product per product_uid
     with its first title variant; one query per distinct ``search_term``.
 
     Rows are taken in the order of the ``id`` column (the file's own order) when it is
@@ -318,18 +362,22 @@ def load_homedepot(path: str | os.PathLike, threshold: float | None = None) -> D
     product_uid, not the order of the catalog.
     """
     path = Path(path)
-    reader = csv.reader(io.StringIO(_read_homedepot_text(path)))
-    header = next(reader, None)
+    text, used = _decode(path, _read_homedepot_bytes(path), encoding, fallback="latin-1")
+    if "\x00" in text:
+        raise DataError(f"{path}: holds binary data (NUL bytes), not a CSV file; {_LAYOUTS}")
+    reader = csv.reader(io.StringIO(text))
+    rows_in = _csv_rows(reader, path)
+    header = next(rows_in, None)
     need = ["product_uid", "product_title", "search_term", "relevance"]
     if header is None or any(c not in header for c in need):
-        raise DataError(f"{path}: expected columns {need} in the header, found {header}; "
-                        "is this the Home Depot train.csv?")
+        raise DataError(f"{path}: expected columns {need} in the header, found "
+                        f"{reprlib.repr(header)}; is this the Home Depot train.csv?")
     col = {c: header.index(c) for c in need}
     id_col = header.index("id") if "id" in header else None
     width = max(col.values()) + 1 if id_col is None else max(max(col.values()), id_col) + 1
     rows: list[tuple[int, int, list[str]]] = []  # (order key, line, row)
     seen_ids: dict[int, int] = {}
-    for row in reader:
+    for row in rows_in:
         line = reader.line_num
         if not row:
             continue
@@ -374,16 +422,18 @@ def load_homedepot(path: str | os.PathLike, threshold: float | None = None) -> D
         rel[pid] = grade
     return Dataset("homedepot", catalog, queries, qrels,
                    DEFAULT_THRESHOLD["homedepot"] if threshold is None else threshold,
-                   _split_all(queries))
+                   _split_all(queries), encoding=used)
 
 
-def _read_tsv(path: Path, need: list[str], fix: str = "") -> list[tuple[int, dict[str, str]]]:
+def _read_tsv(path: Path, need: list[str], fix: str = "",
+              encoding: str | None = None) -> list[tuple[int, dict[str, str]]]:
     """Rows of a tab-separated file with a header, as (line number, row). Checks that the
-    header has the ``need`` columns, that every row has them, and that id columns (those
-    whose name ends in ``id``) are non-empty. Values are returned stripped of
-    surrounding whitespace only for the id columns."""
+    header has the ``need`` columns, that every row has them and no more fields than the
+    header (a tab inside a value), and that id columns (those whose name ends in ``id``)
+    are non-empty. Values are returned stripped of surrounding whitespace only for the
+    id columns."""
     _need_file(path, fix or f"it should be a tab-separated file with columns {need}")
-    text = _decode_utf8(path)
+    text = _read_text(path, encoding)
     reader = csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
     if reader.fieldnames is None or any(c not in reader.fieldnames for c in need):
         raise DataError(f"{path}: expected tab-separated header columns {need}, found "
@@ -396,6 +446,10 @@ def _read_tsv(path: Path, need: list[str], fix: str = "") -> list[tuple[int, dic
         if short:
             raise DataError(f"{path}: line {line} has no value for {short} (too few "
                             "tab-separated fields); fix or remove the row")
+        if None in r:  # csv's restkey: fields beyond the header
+            raise DataError(f"{path}: line {line} has {len(reader.fieldnames) + len(r[None])} "
+                            f"tab-separated fields, the header {len(reader.fieldnames)}: a value "
+                            "holds a tab; replace it with a space (the format has no quoting)")
         for c in ids:
             r[c] = r[c].strip()
             if not r[c]:
@@ -405,7 +459,9 @@ def _read_tsv(path: Path, need: list[str], fix: str = "") -> list[tuple[int, dic
 
 
 def _unique(rows: list[tuple[int, dict[str, str]]], key: str, value: str,
-            path: Path) -> dict[str, str]:
+            path: Path, required: bool = False) -> dict[str, str]:
+    """``{row[key]: row[value]}``; a repeated key, or with ``required`` an empty value, is
+    a DataError naming the line."""
     out: dict[str, str] = {}
     first: dict[str, int] = {}
     for line, r in rows:
@@ -414,22 +470,26 @@ def _unique(rows: list[tuple[int, dict[str, str]]], key: str, value: str,
             raise DataError(f"{path}: line {line} repeats {key} {k!r} (first on line "
                             f"{first[k]}); ids must be unique")
         out[k], first[k] = r.get(value) or "", line
+        if required:
+            _nonempty(out[k], f"{path}: line {line}", value)
     return out
 
 
-def load_tsv_dir(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
+def load_tsv_dir(path: str | os.PathLike, threshold: float | None = None,
+                 encoding: str | None = None) -> Dataset:
     """``products.tsv`` (product_id, title[, description]), ``queries.tsv`` (query_id,
     query[, split][, frequency]), ``qrels.tsv`` (query_id, product_id, relevance).
-    UTF-8, tab-separated, one header line, no quoting. Default threshold 1."""
+    UTF-8 (or ``encoding``), tab-separated, one header line, no quoting. Default
+    threshold 1."""
     d = Path(path)
     fix = "the TSV layout needs products.tsv, queries.tsv and qrels.tsv"
-    prows = _read_tsv(d / "products.tsv", ["product_id", "title"], fix)
-    qrows = _read_tsv(d / "queries.tsv", ["query_id", "query"], fix)
-    rrows = _read_tsv(d / "qrels.tsv", ["query_id", "product_id", "relevance"], fix)
+    prows = _read_tsv(d / "products.tsv", ["product_id", "title"], fix, encoding)
+    qrows = _read_tsv(d / "queries.tsv", ["query_id", "query"], fix, encoding)
+    rrows = _read_tsv(d / "qrels.tsv", ["query_id", "product_id", "relevance"], fix, encoding)
     catalog = _unique(prows, "product_id", "title", d / "products.tsv")
     descriptions = ({r["product_id"]: r.get("description") or "" for _, r in prows}
                     if prows and "description" in prows[0][1] else {})
-    queries = _unique(qrows, "query_id", "query", d / "queries.tsv")
+    queries = _unique(qrows, "query_id", "query", d / "queries.tsv", required=True)
     if qrows and "split" in qrows[0][1]:
         split = {}
         for line, r in qrows:
@@ -450,13 +510,13 @@ def load_tsv_dir(path: str | os.PathLike, threshold: float | None = None) -> Dat
         where = f"{d / 'qrels.tsv'}: line {line}"
         labels.add(r["query_id"], r["product_id"], _grade(r["relevance"], where), where)
     return Dataset(d.name, catalog, queries, labels.qrels, 1.0 if threshold is None else threshold,
-                   split, descriptions, freq)
+                   split, descriptions, freq, _used(encoding))
 
 
-def _read_jsonl(path: Path, fix: str) -> list[tuple[int, dict]]:
+def _read_jsonl(path: Path, fix: str, encoding: str | None) -> list[tuple[int, dict]]:
     _need_file(path, fix)
     out = []
-    for i, line in enumerate(_decode_utf8(path).splitlines(), start=1):
+    for i, line in enumerate(_read_text(path, encoding).splitlines(), start=1):
         if line.strip():
             try:
                 obj = json.loads(line)
@@ -481,7 +541,8 @@ def _jsonl_id(obj: dict, path: Path, line: int, seen: dict[str, int]) -> str:
     return k
 
 
-def load_beir(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
+def load_beir(path: str | os.PathLike, threshold: float | None = None,
+              encoding: str | None = None) -> Dataset:
     """BEIR layout: ``corpus.jsonl`` (_id, title, text), ``queries.jsonl`` (_id, text),
     ``qrels/{train,dev,test}.tsv`` (header ``query-id corpus-id score``). The title is
     the product text (the body ``text`` when the title is empty); ``text`` is also kept
@@ -492,16 +553,16 @@ def load_beir(path: str | os.PathLike, threshold: float | None = None) -> Datase
     fix = "the BEIR layout needs corpus.jsonl, queries.jsonl and qrels/{train,dev,test}.tsv"
     catalog, descriptions, queries = {}, {}, {}
     seen: dict[str, int] = {}
-    for i, doc in _read_jsonl(d / "corpus.jsonl", fix):
+    for i, doc in _read_jsonl(d / "corpus.jsonl", fix, encoding):
         pid = _jsonl_id(doc, d / "corpus.jsonl", i, seen)
         catalog[pid] = str(doc.get("title") or doc.get("text") or "")
         descriptions[pid] = str(doc.get("text") or "")
     seen = {}
-    for i, q in _read_jsonl(d / "queries.jsonl", fix):
+    for i, q in _read_jsonl(d / "queries.jsonl", fix, encoding):
         qid = _jsonl_id(q, d / "queries.jsonl", i, seen)
-        if "text" not in q:
-            raise DataError(f"{d / 'queries.jsonl'}: line {i} has no text; every query needs one")
-        queries[qid] = str(q["text"])
+        text = q.get("text")
+        queries[qid] = _nonempty(None if text is None else str(text), f"{d / 'queries.jsonl'}: line {i}",
+                                 "text")
     files = [f for f in ((d / "qrels" / f"{s}.tsv") for s in SPLITS) if f.exists()]
     if not files:
         raise DataError(f"{d / 'qrels'}: no train.tsv, dev.tsv or test.tsv; {fix}")
@@ -509,7 +570,7 @@ def load_beir(path: str | os.PathLike, threshold: float | None = None) -> Datase
     labelled_in: dict[str, Path] = {}
     labels = _Labels(catalog, queries, str(d / "corpus.jsonl"), str(d / "queries.jsonl"))
     for f in files:
-        for line, r in _read_tsv(f, ["query-id", "corpus-id", "score"], fix):
+        for line, r in _read_tsv(f, ["query-id", "corpus-id", "score"], fix, encoding):
             where = f"{f}: line {line}"
             qid = r["query-id"]
             if labelled_in.setdefault(qid, f) != f:
@@ -518,7 +579,7 @@ def load_beir(path: str | os.PathLike, threshold: float | None = None) -> Datase
             labels.add(qid, r["corpus-id"], _grade(r["score"], where, "score"), where)
             split[qid] = f.stem
     return Dataset(d.name, catalog, queries, labels.qrels, 1.0 if threshold is None else threshold,
-                   split, descriptions)
+                   split, descriptions, encoding=_used(encoding))
 
 
 ESCI_GRADES = {"E": 3.0, "S": 2.0, "C": 1.0, "I": 0.0}
@@ -554,13 +615,16 @@ def _str_ids(series, path: Path, column: str) -> list[str]:
 
 
 def load_esci(path: str | os.PathLike, threshold: float | None = None,
-              locale: str = "us") -> Dataset:
+              locale: str = "us", encoding: str | None = None) -> Dataset:
     """Amazon Shopping Queries (ESCI) parquet files. Grades E=3, S=2, C=1, I=0 (default
     threshold 3: Exact only). All examples of the locale are used (the large version).
     The file's ``split`` column gives train/test; dev is carved out of train by the
-    sha1 rule (h == 1). Rows in errors are 0-based parquet row numbers."""
+    sha1 rule (h == 1). Rows in errors are 0-based parquet row numbers. Parquet text is
+    UTF-8: another ``encoding`` is refused."""
     d = Path(path)
     ex_path, pr_path = d / ESCI_EXAMPLES, d / ESCI_PRODUCTS
+    if encoding is not None and encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise DataError(f"{ex_path}: parquet text is always UTF-8; drop --encoding {encoding}")
     ex = _read_parquet(ex_path, ["query_id", "query", "product_id", "product_locale",
                                  "esci_label", "split"])
     pr = _read_parquet(pr_path, ["product_id", "product_title", "product_locale"])
@@ -590,6 +654,7 @@ def load_esci(path: str | os.PathLike, threshold: float | None = None,
     for row, q, text, p, lab, s in zip(ex.index.tolist(), qids, ex["query"].astype(str).tolist(),
                                         pids, ex.esci_label.tolist(), ex.split.tolist()):
         where = f"{ex_path}: row {row}"
+        _nonempty(text, where, "query")
         if lab not in ESCI_GRADES:
             raise DataError(f"{where}: esci_label {lab!r}; expected E, S, C or I")
         if s not in ("train", "test"):
@@ -601,25 +666,26 @@ def load_esci(path: str | os.PathLike, threshold: float | None = None,
         labels.add(q, p, ESCI_GRADES[lab], where)
     return Dataset(f"esci-{locale}", catalog, queries, labels.qrels,
                    DEFAULT_THRESHOLD["esci"] if threshold is None else threshold, split,
-                   descriptions)
+                   descriptions, encoding="utf-8")
 
 
 WANDS_GRADES = {"Exact": 2.0, "Partial": 1.0, "Irrelevant": 0.0}
 
 
-def load_wands(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
+def load_wands(path: str | os.PathLike, threshold: float | None = None,
+               encoding: str | None = None) -> Dataset:
     """Wayfair WANDS: tab-separated ``product.csv`` (product_id, product_name, ...),
     ``query.csv`` (query_id, query, ...), ``label.csv`` (id, query_id, product_id,
     label); Exact=2, Partial=1, Irrelevant=0 (default threshold 2: Exact). WANDS has no
     split: queries are split by the sha1 rule."""
     d = Path(path)
     fix = "the WANDS layout needs tab-separated product.csv, query.csv and label.csv"
-    prows = _read_tsv(d / "product.csv", ["product_id", "product_name"], fix)
-    qrows = _read_tsv(d / "query.csv", ["query_id", "query"], fix)
-    lrows = _read_tsv(d / "label.csv", ["id", "query_id", "product_id", "label"], fix)
+    prows = _read_tsv(d / "product.csv", ["product_id", "product_name"], fix, encoding)
+    qrows = _read_tsv(d / "query.csv", ["query_id", "query"], fix, encoding)
+    lrows = _read_tsv(d / "label.csv", ["id", "query_id", "product_id", "label"], fix, encoding)
     catalog = _unique(prows, "product_id", "product_name", d / "product.csv")
     descriptions = {r["product_id"]: r.get("product_description") or "" for _, r in prows}
-    queries = _unique(qrows, "query_id", "query", d / "query.csv")
+    queries = _unique(qrows, "query_id", "query", d / "query.csv", required=True)
     labels = _Labels(catalog, queries, str(d / "product.csv"), str(d / "query.csv"))
     for line, r in lrows:
         where = f"{d / 'label.csv'}: line {line}"
@@ -629,15 +695,16 @@ def load_wands(path: str | os.PathLike, threshold: float | None = None) -> Datas
         labels.add(r["query_id"], r["product_id"], WANDS_GRADES[lab], where)
     return Dataset("wands", catalog, queries, labels.qrels,
                    DEFAULT_THRESHOLD["wands"] if threshold is None else threshold,
-                   _split_all(queries), descriptions)
+                   _split_all(queries), descriptions, encoding=_used(encoding))
 
 
-def _read_plain_tsv(path: Path, ncols: int, fix: str) -> list[tuple[int, list[str]]]:
+def _read_plain_tsv(path: Path, ncols: int, fix: str,
+                    encoding: str | None) -> list[tuple[int, list[str]]]:
     """Header-less tab-separated rows, as (line number, fields); the last field keeps
     any further tabs. The first field (an id) must be non-empty."""
     _need_file(path, fix)
     rows = []
-    for i, line in enumerate(_decode_utf8(path).splitlines(), start=1):
+    for i, line in enumerate(_read_text(path, encoding).splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split("\t", ncols - 1)
@@ -650,7 +717,8 @@ def _read_plain_tsv(path: Path, ncols: int, fix: str) -> list[tuple[int, list[st
     return rows
 
 
-def load_multicpr(path: str | os.PathLike, threshold: float | None = None) -> Dataset:
+def load_multicpr(path: str | os.PathLike, threshold: float | None = None,
+                  encoding: str | None = None) -> Dataset:
     """Multi-CPR: ``corpus.tsv`` (pid, passage), ``train.query.txt`` / ``dev.query.txt``
     (qid, query), ``qrels.train.tsv`` / ``qrels.dev.tsv`` (qid, 0, pid, 1); no headers.
     Query ids are prefixed with their part (``train-…``, ``dev-…``). Train queries
@@ -661,7 +729,7 @@ def load_multicpr(path: str | os.PathLike, threshold: float | None = None) -> Da
     fix = "the Multi-CPR layout needs corpus.tsv, {train,dev}.query.txt and qrels.{train,dev}.tsv"
     catalog: dict[str, str] = {}
     first: dict[str, int] = {}
-    for i, (pid, text) in _read_plain_tsv(d / "corpus.tsv", 2, fix):
+    for i, (pid, text) in _read_plain_tsv(d / "corpus.tsv", 2, fix, encoding):
         pid = pid.strip()
         if pid in catalog:
             raise DataError(f"{d / 'corpus.tsv'}: line {i} repeats pid {pid!r} (first on line "
@@ -675,7 +743,8 @@ def load_multicpr(path: str | os.PathLike, threshold: float | None = None) -> Da
         if not qfile.exists():
             continue
         first = {}
-        for i, (qid, text) in _read_plain_tsv(qfile, 2, fix):
+        for i, (qid, text) in _read_plain_tsv(qfile, 2, fix, encoding):
+            _nonempty(text, f"{qfile}: line {i}", "query")
             qid = f"{part}-{qid.strip()}"
             if qid in queries:
                 raise DataError(f"{qfile}: line {i} repeats qid {qid[len(part) + 1:]!r} (first "
@@ -685,13 +754,13 @@ def load_multicpr(path: str | os.PathLike, threshold: float | None = None) -> Da
             split[qid] = "train" if part == "train" else ("dev" if h % 2 == 0 else "test")
         labels.queries_src = str(qfile)
         rfile = d / f"qrels.{part}.tsv"
-        for i, (qid, _, pid, grade) in _read_plain_tsv(rfile, 4, fix):
+        for i, (qid, _, pid, grade) in _read_plain_tsv(rfile, 4, fix, encoding):
             where = f"{rfile}: line {i}"
             labels.add(f"{part}-{qid.strip()}", pid.strip(), _grade(grade.strip(), where), where)
     if not queries:
         raise DataError(f"{d}: neither train.query.txt nor dev.query.txt found; {fix}")
     return Dataset(d.name, catalog, queries, labels.qrels, 1.0 if threshold is None else threshold,
-                   split)
+                   split, encoding=_used(encoding))
 
 
 # ----------------------------------------------------------------------------- extra pairs
@@ -738,7 +807,7 @@ def with_extra_pairs(dataset: Dataset, path: str | os.PathLike) -> Dataset:
                  else dataset.threshold)
         qrels.setdefault(qid, {}).setdefault(pid, grade)
     out = Dataset(dataset.name, dataset.catalog, queries, qrels, dataset.threshold, split,
-                  dataset.descriptions, dataset.query_freq)
+                  dataset.descriptions, dataset.query_freq, dataset.encoding)
     if len(queries) == len(dataset.queries):
         out._buckets = dataset._buckets
     else:

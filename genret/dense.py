@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .artifact import ArtifactError, atomic_dir, sha256
+from .artifact import ArtifactError, atomic_dir, reads_artifact, sha256
 from .data import terms
 from .eval import Run, tiebreak_keys
 from .retriever import Retriever, as_queries
@@ -637,10 +637,10 @@ class DenseRetriever(Retriever):
         return cand[top], s[top], bool(settled)
 
     # -- persistence
-    def save(self, path) -> None:
+    def save(self, path, overwrite: bool = False) -> None:
         if self.index is None:
             raise RuntimeError("DenseRetriever.save before fit()")
-        with atomic_dir(path, self.kind, self.version, **self._manifest_info()) as tmp:
+        with atomic_dir(path, self.kind, self.version, overwrite, **self._manifest_info()) as tmp:
             if self.identity.get("fine_tuned"):
                 self.model.save(str(tmp / "encoder"))
             np.save(tmp / "embeddings.npy", self.embeddings)
@@ -661,6 +661,7 @@ class DenseRetriever(Retriever):
         return info
 
     @classmethod
+    @reads_artifact
     def _load(cls, path: Path) -> "DenseRetriever":
         manifest = json.loads((path / "manifest.json").read_text())
         known = {f.name for f in fields(DenseConfig)}

@@ -10,12 +10,14 @@ not answer scores 0.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+_TREC_FIELD = re.compile(r"\S+")
 DEFAULT_METRICS = ("R@10", "R@100", "R@1000", "Hit@10", "Hit@100", "MRR@10", "NDCG@10")
 
 
@@ -37,26 +39,54 @@ class Run(dict):
         self[qid] = Ranking(list(ids), scores)
 
     def write_trec(self, path: str | Path, tag: str = "genret") -> None:
+        """Write TREC run format, whole or not at all (a temp file, then a rename). Ids and
+        the tag must be non-empty and without whitespace: the format is space-separated."""
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            for qid in sorted(self):
-                r = self[qid]
-                for rank, (pid, s) in enumerate(zip(r.ids, r.scores), start=1):
-                    f.write(f"{qid} Q0 {pid} {rank} {s:.6g} {tag}\n")
-        tmp.replace(path)
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                for qid in sorted(self):
+                    r = self[qid]
+                    bad = next((x for x in (qid, tag, *r.ids) if not _TREC_FIELD.fullmatch(x)), None)
+                    if bad is not None:
+                        raise ValueError(f"{path}: id or tag {bad!r} is empty or holds whitespace, "
+                                         "which TREC run format cannot hold; rename it")
+                    f.writelines(f"{qid} Q0 {pid} {rank} {s:.6g} {tag}\n"
+                                 for rank, (pid, s) in enumerate(zip(r.ids, r.scores), start=1))
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":
-        rows: dict[str, list[tuple[int, str, float]]] = {}
-        for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        """Read TREC run format (blank lines skipped); a malformed line, a product listed
+        twice for one query or a file that is not UTF-8 text raises a one-line error
+        naming the file and line."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); expected TREC run lines "
+                             "'qid Q0 docid rank score tag'") from None
+        rows: dict[str, dict[str, tuple[int, float]]] = {}
+        for i, line in enumerate(text.splitlines(), start=1):
             parts = line.split()
-            if len(parts) != 6:
-                raise ValueError(f"{path}: line {i} is not 'qid Q0 docid rank score tag'")
-            rows.setdefault(parts[0], []).append((int(parts[3]), parts[2], float(parts[4])))
+            if not parts:
+                continue
+            try:
+                if len(parts) != 6:
+                    raise ValueError
+                rank, score = int(parts[3]), float(parts[4])
+            except ValueError:
+                raise ValueError(f"{path}: line {i} is not 'qid Q0 docid rank score tag' "
+                                 f"(integer rank, numeric score): {line[:80]!r}") from None
+            ranked = rows.setdefault(parts[0], {})
+            if parts[2] in ranked:
+                raise ValueError(f"{path}: line {i} lists product {parts[2]!r} a second time for query "
+                                 f"{parts[0]!r}; a run ranks each product once")
+            ranked[parts[2]] = (rank, score)
         run = cls()
-        for qid, items in rows.items():
-            items.sort()
+        for qid, ranked in rows.items():
+            items = sorted((rank, p, s) for p, (rank, s) in ranked.items())
             run.add(qid, [p for _, p, _ in items], [s for _, _, s in items])
         return run
 

@@ -3,10 +3,15 @@ and write metrics, tables, TREC runs and plots to ``results/<run>/``."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
+import os
+import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,12 +20,17 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from .artifact import dir_bytes
+from .artifact import dir_bytes, sha256
 from .data import BUCKETS, Dataset, load_dataset, synthetic_dataset, with_extra_pairs
 from .eval import DEFAULT_METRICS, Run, evaluate, exclusive_recall, rrf
 from .retriever import load_retriever, make_retriever
 
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# bump when the per-row record, the run files or metrics.json change meaning: saved runs of
+# another format are re-run, never reused
+RECORD_FORMAT = 2
+MARKER = "compare.json"  # marks a results directory as a genret comparison
+LOCK = "compare.lock"  # held (flock) by the one process writing into a results directory
 
 
 @dataclass
@@ -57,6 +67,27 @@ class CompareConfig:
     exclusive_k: int = 100
     retrievers: list[RowConfig] = field(default_factory=list)
     fusion: list[FusionConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """Refuse row names that would share a table row or a file: duplicates, names
+        that are not plain file names, fusions of rows the config does not run."""
+        seen: set[str] = set()
+        named = [("retriever", r.name) for r in self.retrievers] + [("fusion", f.name) for f in self.fusion]
+        for what, name in named:
+            if not isinstance(name, str) or not re.fullmatch(r"[^/\s.][^/\s]*", name):
+                raise ValueError(f"{what} name {name!r}: use a file name without '/' or spaces, "
+                                 "not starting with '.' (it names runs/<name>.trec)")
+            if name in seen:
+                raise ValueError(f"config {self.name!r}: two rows are named {name!r}; give each "
+                                 "retriever and fusion its own name")
+            seen.add(name)
+        known: set[str] = {r.name for r in self.retrievers}
+        for fu in self.fusion:
+            missing = [m for m in fu.members if m not in known]
+            if missing:
+                raise ValueError(f"fusion {fu.name!r} names rows {missing} that the config does not run "
+                                 "(before it)")
+            known.add(fu.name)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "CompareConfig":
@@ -123,7 +154,7 @@ def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path
         run.update(retriever.search({q: dataset.queries[q] for q in batch}, k))
         lat += [(time.perf_counter() - t) * 1000 / len(batch)] * len(batch)
     model_dir = out / "models" / row.name
-    retriever.save(model_dir)
+    retriever.save(model_dir, overwrite=True)  # out/models/ is the comparison's own
     return run, {"fit_seconds": fit_s, "latency_ms_p50": float(np.percentile(lat, 50)),
                  "latency_ms_p95": float(np.percentile(lat, 95)),
                  "index_bytes": dir_bytes(model_dir)}
@@ -138,36 +169,154 @@ PROTOCOL_KEYS = ("split", "k", "max_queries", "max_train_queries", "n_products",
 COST_KEYS = ("fit_seconds", "latency_ms_p50", "latency_ms_p95", "index_bytes")
 
 
-def _record(row: dict, config: dict, qids: list[str]) -> dict:
-    """What a row's saved run depends on: its own config and the evaluation protocol."""
-    rec = {"row": row, "protocol": {k: config.get(k) for k in PROTOCOL_KEYS},
-           "queries": hashlib.sha256("\n".join(qids).encode()).hexdigest()}
-    return json.loads(json.dumps(rec))
+def _notice(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
 
 
-def _saved_rows(out: Path, cfg: CompareConfig, qids: list[str]) -> dict[str, dict]:
-    """Rows of an earlier run in ``out`` that can be reused: name -> cost, from the
-    per-row records (``runs/<row>.json``) and, for a run finished before those existed,
-    from its ``metrics.json``."""
-    saved: dict[str, dict] = {}
+def _read_json(path: Path):
+    """The JSON value in ``path``; None when the file is missing or unreadable."""
     try:
-        old = json.loads((out / "metrics.json").read_text())
-        meta = old["meta"]
-        rows = {r["name"]: r for r in meta["config"]["retrievers"]}
-        for e in old["retrievers"]:
-            if e["name"] in rows:
-                saved[e["name"]] = {"record": _record(rows[e["name"]], meta["config"], meta["query_ids"]),
-                                    "cost": {k: e.get(k) for k in COST_KEYS}}
-    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temp file beside it, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _is_comparison(out: Path) -> bool:
+    """Whether ``out`` holds a genret comparison: our marker or, from a genret before the
+    marker, a metrics.json or per-row run record of ours."""
+    marker = _read_json(out / MARKER)
+    if isinstance(marker, dict) and marker.get("kind") == "genret-compare":
+        return True
+    old = _read_json(out / "metrics.json")
+    if isinstance(old, dict) and {"meta", "retrievers"} <= set(old):
+        return True
+    return any(isinstance(rec := _read_json(p), dict) and "record" in rec for p in (out / "runs").glob("*.json"))
+
+
+def claim_results_dir(out: str | Path) -> None:
+    """Create and mark ``out`` as a comparison's results directory, or fail fast (before
+    any work) when ``compare`` could not write there: a file, a user's non-empty folder
+    (left untouched) or a comparison another process is writing. For callers that put
+    their own files in ``out`` before ``compare`` (experiments/synth_homedepot.py)."""
+    with _results_dir(Path(out)):
         pass
-    for path in (out / "runs").glob("*.json"):
+
+
+@contextlib.contextmanager
+def _results_dir(out: Path):
+    """Hold ``out`` as the one writing ``compare``: refuse a file or a user's non-empty
+    folder, create ``out``, take its lock and mark it as a comparison."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; choose another --out")
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not _is_comparison(out):
+        raise ValueError(f"--out {out} is a non-empty folder that is not a genret comparison "
+                         f"(no {MARKER}); choose another --out or empty it")
+    out.mkdir(parents=True, exist_ok=True)
+    with _one_writer(out, "compare"):
+        _atomic_write(out / MARKER, json.dumps({"kind": "genret-compare", "format_version": RECORD_FORMAT}))
+        yield
+
+
+@contextlib.contextmanager
+def _one_writer(out: Path, command: str):
+    """Hold ``out/compare.lock`` (exclusive, non-blocking flock) while ``command`` writes
+    into ``out``: a second writer fails at once, naming the first."""
+    with os.fdopen(os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644), "r+") as f:
         try:
-            saved[path.stem] = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-    want = {r.name: _record(asdict(r), asdict(cfg), qids) for r in cfg.retrievers}
-    return {name: s["cost"] for name, s in saved.items()
-            if name in want and s.get("record") == want[name] and (out / "runs" / f"{name}.trec").is_file()}
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, _, who = f.read().strip().partition(" ")
+            hint = " or choose another --out" if command == "compare" else ""
+            raise ValueError(f"{out} is being written by another genret {who or 'compare'} "
+                             f"(pid {pid or '?'}); wait for it{hint}") from None
+        f.truncate(0)
+        f.write(f"{os.getpid()} {command}\n")
+        f.flush()
+        yield
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    return sha256(path) if path.is_file() else None
+
+
+def _inputs(row: RowConfig, out: Path) -> dict[str, str | None]:
+    """sha256 of what a row reads besides the dataset: the manifest (which lists every
+    file's checksum) of its saved model and of each ``{out}/models/<row>`` it names, and
+    its extra pairs."""
+    dirs = set(re.findall(r"\{out\}/models/[^/\"\s]+", json.dumps(asdict(row))))
+    if row.model:
+        dirs.add(row.model)
+    inputs = {d: _sha256_or_none(Path(_subst(d, out)) / "manifest.json") for d in sorted(dirs)}
+    if row.extra_pairs:
+        inputs[row.extra_pairs] = _sha256_or_none(Path(_subst(row.extra_pairs, out)))
+    return inputs
+
+
+def _file_stats(path: Path) -> dict:
+    """A run file's line count and sha256: what its record checks before it is read back."""
+    with path.open("rb") as f:
+        lines = sum(1 for _ in f)
+    return {"lines": lines, "sha256": sha256(path)}
+
+
+def _write_run(run: Run, path: Path, tag: str) -> dict:
+    """Write ``run`` to ``path`` (TREC format); return the stats its record keeps."""
+    run.write_trec(path, tag)
+    return {"queries": len(run), **_file_stats(path)}
+
+
+def _run_changed(path: Path, recorded) -> str | None:
+    """Why the run file at ``path`` is not the one recorded (None: it is)."""
+    if not path.is_file():
+        return f"{path} is missing"
+    if not isinstance(recorded, dict):
+        return f"{path} has no recorded size and checksum"
+    got = _file_stats(path)
+    if got["lines"] != recorded.get("lines"):
+        return f"{path} has {got['lines']} lines, its record says {recorded.get('lines')} (truncated or edited)"
+    if got["sha256"] != recorded.get("sha256"):
+        return f"{path} was edited since it was written (checksum mismatch)"
+    return None
+
+
+_STALE = {"format": "it was saved by another genret (record format {old}, this one writes {new})",
+          "threshold": "the relevance threshold changed ({old} -> {new})",
+          "data": "the dataset changed (another catalog, queries or labels)",
+          "protocol": "the protocol changed (split, k, sampling or seed)",
+          "queries": "the evaluated queries changed",
+          "row": "its config changed",
+          "inputs": "its saved model, an input model or its extra pairs changed"}
+
+
+def _saved_run(out: Path, name: str, want: dict) -> tuple[Run, dict] | None:
+    """Row ``name``'s saved run and its ``runs/<row>.json`` (record, cost, run file stats)
+    when the record is ``want`` and the run file is the one recorded; otherwise None,
+    saying why when a run of it was saved."""
+    path = out / "runs" / f"{name}.trec"
+    saved = _read_json(out / "runs" / f"{name}.json")
+    if saved is None and not path.exists():
+        return None
+    rec = saved.get("record") if isinstance(saved, dict) and isinstance(saved.get("cost"), dict) else None
+    if not isinstance(rec, dict):
+        why = "it has no record of what it was run on (saved by an older genret, or interrupted)"
+    else:
+        why = next((msg.format(old=rec.get(key, 1 if key == "format" else None), new=want[key])
+                    for key, msg in _STALE.items() if rec.get(key) != want[key]), None)
+        why = why or _run_changed(path, saved.get("run"))
+    if why is None:
+        return Run.read_trec(path), saved
+    _notice(f"{name}: re-running it: {why}")
+    return None
 
 
 def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path = "results/compare",
@@ -175,43 +324,46 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
     """Run the comparison; write ``metrics.json``, ``table.md``, ``table.csv``,
     ``runs/*.trec`` and plots under ``out``; return the metric entries.
 
-    Each row's run and cost are saved as soon as it finishes (``runs/<row>.trec``,
-    ``runs/<row>.json``). ``resume``: reuse the saved run of every row whose config and
-    protocol are unchanged (fit time and latency are the saved ones), and re-run the
-    others, plus any row whose ``{out}/models/<row>`` input was re-run."""
+    ``out`` must be absent, empty or an earlier comparison (a user's folder is refused) and
+    has one writer at a time (``out/compare.lock``). Each row's run and record are saved as
+    soon as it finishes (``runs/<row>.trec``, ``runs/<row>.json``). ``resume``: reuse the
+    saved run of every row whose record matches (record format, row config and input
+    models, protocol, dataset fingerprint, threshold, evaluated queries) and whose run file
+    has its recorded lines and sha256 (fit time and latency are the saved ones); re-run the
+    others, saying why."""
     out = Path(out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    dataset = dataset or load_dataset(cfg.data)
-    view, qids = prepare(cfg, dataset)
-    reusable = _saved_rows(out, cfg, qids) if resume else {}
-    runs: dict[str, Run] = {}
-    entries, redone = [], []
-    for row in cfg.retrievers:
-        needs = [n for n in redone if f"{{out}}/models/{n}" in json.dumps(asdict(row))]
-        if row.name in reusable and not needs:
-            run, cost = Run.read_trec(out / "runs" / f"{row.name}.trec"), reusable[row.name]
-            tqdm.write(f"{row.name}: reusing its saved run ({out}/runs/{row.name}.trec)")
-        else:
-            run, cost = run_row(row, view, qids, cfg.k, out)
-            run.write_trec(out / "runs" / f"{row.name}.trec", row.name)
-            tmp = out / "runs" / f".{row.name}.json.tmp"
-            tmp.write_text(json.dumps({"record": _record(asdict(row), asdict(cfg), qids), "cost": cost}, indent=1))
-            tmp.replace(out / "runs" / f"{row.name}.json")
-            redone.append(row.name)
-        runs[row.name] = run
-        entries.append({"name": row.name, **cost})
-    for fu in cfg.fusion:
-        missing = [m for m in fu.members if m not in runs]
-        if missing:
-            raise ValueError(f"fusion {fu.name!r} names rows {missing} that the config does not run")
-        runs[fu.name] = rrf([runs[m] for m in fu.members], cfg.k, fu.c)
-        entries.append({"name": fu.name, "members": fu.members, **dict.fromkeys(COST_KEYS)})
-    for e in entries:
-        runs[e["name"]].write_trec(out / "runs" / f"{e['name']}.trec", e["name"])
-    score_entries(entries, runs, view, qids, cfg.exclusive_k)
-    meta = {"config": asdict(cfg), "dataset": view.summary(), "n_queries": len(qids),
-            "query_ids": qids}
-    write_results(entries, meta, out)
+    with _results_dir(out):
+        (out / "runs").mkdir(exist_ok=True)
+        dataset = dataset or load_dataset(cfg.data)
+        view, qids = prepare(cfg, dataset)
+        base = {"format": RECORD_FORMAT, "protocol": {k: getattr(cfg, k) for k in PROTOCOL_KEYS},
+                "threshold": view.threshold, "data": view.fingerprint(),
+                "queries": hashlib.sha256("\n".join(qids).encode()).hexdigest()}
+        runs: dict[str, Run] = {}
+        entries, files = [], {}
+        for row in cfg.retrievers:
+            path = out / "runs" / f"{row.name}.trec"
+            want = json.loads(json.dumps({**base, "row": asdict(row), "inputs": _inputs(row, out)}))
+            saved = _saved_run(out, row.name, want) if resume else None
+            if saved:
+                run, cost, files[row.name] = saved[0], saved[1]["cost"], saved[1]["run"]
+                _notice(f"{row.name}: reusing its saved run ({path})")
+            else:
+                run, cost = run_row(row, view, qids, cfg.k, out)
+                files[row.name] = _write_run(run, path, row.name)
+                _atomic_write(path.with_suffix(".json"),
+                              json.dumps({"record": want, "cost": cost, "run": files[row.name]}, indent=1))
+            runs[row.name] = run
+            entries.append({"name": row.name, **cost})
+        for fu in cfg.fusion:
+            runs[fu.name] = rrf([runs[m] for m in fu.members], cfg.k, fu.c)
+            files[fu.name] = _write_run(runs[fu.name], out / "runs" / f"{fu.name}.trec", fu.name)
+            entries.append({"name": fu.name, "members": fu.members, **dict.fromkeys(COST_KEYS)})
+        score_entries(entries, runs, view, qids, cfg.exclusive_k)
+        meta = {"config": asdict(cfg), "dataset": view.summary(), "data_fingerprint": base["data"],
+                "format_version": RECORD_FORMAT, "n_queries": len(qids), "query_ids": qids,
+                "run_files": files}
+        write_results(entries, meta, out)
     return entries
 
 
@@ -231,34 +383,51 @@ def score_entries(entries: list[dict], runs: dict[str, Run], view: Dataset, qids
 def report(out: str | Path, dataset: Dataset | None = None) -> str:
     """Re-render a finished comparison from what it saved (``metrics.json`` and
     ``runs/*.trec``): re-evaluate every run on the same queries and rewrite the tables and
-    plots. Nothing is loaded or trained. Returns the markdown table."""
+    plots. Nothing is loaded or trained. Returns the markdown table.
+
+    Refuses a dataset other than the one the comparison ran on (its fingerprint) and a run
+    file that is not the one the comparison wrote (line count and sha256); takes the
+    results directory's lock like ``compare``."""
     out = Path(out)
-    try:
-        saved = json.loads((out / "metrics.json").read_text())
-        meta, entries = saved["meta"], saved["retrievers"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"{out}: not a finished comparison (metrics.json missing or unreadable: {e}); "
-                         "run `genret compare` first") from None
-    raw = dict(meta["config"])
-    cfg = CompareConfig(**{**raw, "retrievers": [RowConfig(**r) for r in raw["retrievers"]],
-                           "fusion": [FusionConfig(**f) for f in raw["fusion"]]})
-    if dataset is None:
-        dataset = synthetic_dataset() if meta["dataset"]["name"] == "synthetic" else load_dataset(cfg.data)
-    view, _ = prepare(cfg, dataset)
-    qids = meta["query_ids"]
-    missing = [q for q in qids if q not in view.queries]
-    if missing:
-        raise ValueError(f"{out}: {len(missing)} of its queries (e.g. {missing[0]!r}) are not in this "
-                         "dataset; give the --data the comparison ran on")
-    runs = {}
-    for e in entries:
-        path = out / "runs" / f"{e['name']}.trec"
-        if not path.exists():
-            raise ValueError(f"{path}: missing; the comparison directory is incomplete")
-        runs[e["name"]] = Run.read_trec(path)
-    score_entries(entries, runs, view, qids, cfg.exclusive_k)
-    meta["dataset"] = view.summary()
-    return write_results(entries, meta, out)
+    if not (out / "metrics.json").is_file():
+        raise ValueError(f"{out}: not a finished comparison (no metrics.json); run `genret compare` first")
+    with _one_writer(out, "report"):
+        try:
+            saved = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            meta, entries, raw = saved["meta"], saved["retrievers"], dict(saved["meta"]["config"])
+            cfg = CompareConfig(**{**raw, "retrievers": [RowConfig(**r) for r in raw["retrievers"]],
+                                   "fusion": [FusionConfig(**f) for f in raw["fusion"]]})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{out}/metrics.json: unreadable or from another genret ({type(e).__name__}: {e}); "
+                             "re-run `genret compare`") from None
+        if dataset is None:
+            dataset = (synthetic_dataset() if meta["dataset"]["name"] == "synthetic"
+                       else load_dataset(cfg.data, meta["dataset"].get("threshold")))
+        view, _ = prepare(cfg, dataset)
+        qids = meta["query_ids"]
+        missing = [q for q in qids if q not in view.queries]
+        fingerprint = view.fingerprint()
+        if meta.get("data_fingerprint", fingerprint) != fingerprint:
+            raise ValueError(f"{out}: this dataset is not the one the comparison ran on (another catalog, "
+                             "queries, labels or threshold); give the --data and --threshold it ran on")
+        if missing:
+            raise ValueError(f"{out}: {len(missing)} of its queries (e.g. {missing[0]!r}) are not in this "
+                             "dataset; give the --data the comparison ran on")
+        recorded = meta.get("run_files")
+        if recorded is None:
+            _notice(f"{out}: written by a genret without run checksums; its runs are read unchecked")
+        runs = {}
+        for e in entries:
+            path = out / "runs" / f"{e['name']}.trec"
+            why = (_run_changed(path, recorded.get(e["name"])) if recorded is not None
+                   else None if path.is_file() else f"{path} is missing")
+            if why:
+                raise ValueError(f"{why}; redo that row with `genret compare --config <its config> "
+                                 f"--out {out} --resume`")
+            runs[e["name"]] = Run.read_trec(path)
+        score_entries(entries, runs, view, qids, cfg.exclusive_k)
+        meta["dataset"] = view.summary()
+        return write_results(entries, meta, out)
 
 
 def table_markdown(entries: list[dict], meta: dict) -> str:
@@ -289,10 +458,9 @@ def table_markdown(entries: list[dict], meta: dict) -> str:
 
 
 def write_results(entries: list[dict], meta: dict, out: Path) -> str:
-    """Write metrics.json, table.md, table.csv and the plots; return the markdown."""
-    (out / "metrics.json").write_text(json.dumps({"meta": meta, "retrievers": entries}, indent=2))
+    """Write metrics.json, table.md, table.csv and the plots, each whole or not at all;
+    return the markdown."""
     md = table_markdown(entries, meta)
-    (out / "table.md").write_text(md)
     buf = io.StringIO()
     w = csv.writer(buf)
     cols = list(DEFAULT_METRICS)
@@ -302,7 +470,9 @@ def write_results(entries: list[dict], meta: dict, out: Path) -> str:
         for b, m in [("all", e["metrics"])] + [(b, e["buckets"][b]) for b in BUCKETS]:
             w.writerow([e["name"], b, *(m[c] for c in cols), m["n_queries"], e["exclusive_recall"],
                         e["latency_ms_p50"], e["latency_ms_p95"], e["index_bytes"], e["fit_seconds"]])
-    (out / "table.csv").write_text(buf.getvalue())
+    _atomic_write(out / "metrics.json", json.dumps({"meta": meta, "retrievers": entries}, indent=2))
+    _atomic_write(out / "table.md", md)
+    _atomic_write(out / "table.csv", buf.getvalue())
     plot_results(entries, out)
     return md
 
@@ -313,6 +483,12 @@ def plot_results(entries: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, name: str) -> None:
+        png = io.BytesIO()
+        fig.savefig(png, dpi=120, format="png")
+        plt.close(fig)
+        _atomic_write(out / name, png.getvalue())
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = plt.cm.tab20(np.linspace(0, 1, 20))
     for i, e in enumerate(entries):  # 20 distinct colours; fusion rows dashed
@@ -322,8 +498,7 @@ def plot_results(entries: list[dict], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "recall_at_k.png", dpi=120)
-    plt.close(fig)
+    save(fig, "recall_at_k.png")
     timed = [e for e in entries if e["latency_ms_p50"] is not None]
     if timed:
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -333,5 +508,4 @@ def plot_results(entries: list[dict], out: Path) -> None:
         ax.set(xscale="log", xlabel="latency ms/query (p50)", ylabel="R@100", title="Recall vs latency")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / "recall_vs_latency.png", dpi=120)
-        plt.close(fig)
+        save(fig, "recall_vs_latency.png")

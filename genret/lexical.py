@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifact import ArtifactError, atomic_dir, read_manifest
+from .artifact import ArtifactError, atomic_dir, read_manifest, reads_artifact
 from .decoding import FMIndexSpanConstraint, constrained_beam_search
 from .eval import Run, tiebreak_keys, top_k
 from .retriever import Retriever, as_queries
-from .training import TrainConfig, dpo, sft
+from .training import TrainConfig, check_config, dpo, sft, work_dir
 
 PROMPT = "<|query|> {query}<|title|>"  # as in pretraining, spans continue like a title
 _NORM = re.compile(r"[^a-z0-9]+")
@@ -184,6 +184,12 @@ class MultispanConfig:
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        check_config(self, "", max_spans=">= 1", max_span_tokens=">= 1", num_beams=">= 1", max_new_tokens=">= 1",
+                     decode_batch_size=">= 1", max_occurrences=">= 1", dpo_queries=">= 1", seed=">= 0")
+        if not 0 < self.span_prob_cap < 1:
+            raise ValueError(f"span_prob_cap must be in (0, 1), got {self.span_prob_cap}")
+
 
 class MultispanRetriever(Retriever):
     """Query -> multispan decoding under an FM-index -> SEAL-style product scores."""
@@ -281,25 +287,25 @@ class MultispanRetriever(Retriever):
             self.info = {"backbone": str(path)}
 
     def fit(self, dataset, out_dir: str | None = None, **_) -> "MultispanRetriever":
-        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo')."""
-        import tempfile
-
+        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo'). Training
+        state goes to ``out_dir`` (its ``sft``/``dpo`` folders; a re-run with the same
+        settings and data resumes there), else to a temporary folder."""
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
         self.catalog = dataset.catalog_fingerprint()
-        work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="genret-multispan-"))
         self._load_start(dataset)
         self._setup_catalog(dataset)
-        if not (self.init and self.info.get("stage") in ("sft", "dpo")):
-            ex = self.examples(dataset, rng)
-            t0 = time.perf_counter()
-            self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train)
-            self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
-        if self.stage == "dpo":
-            t0 = time.perf_counter()
-            pairs = self.mine_pairs(dataset, rng)
-            self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
-            self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0)
+        with work_dir(out_dir, "genret-multispan-") as work:
+            if not (self.init and self.info.get("stage") in ("sft", "dpo")):
+                ex = self.examples(dataset, rng)
+                t0 = time.perf_counter()
+                self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train)
+                self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
+            if self.stage == "dpo":
+                t0 = time.perf_counter()
+                pairs = self.mine_pairs(dataset, rng)
+                self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
+                self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0)
         self.model.eval()
         return self
 
@@ -365,8 +371,8 @@ class MultispanRetriever(Retriever):
                              for p, s in zip(ids, scores)]}
 
     # -- storage -------------------------------------------------------------
-    def save(self, path) -> None:
-        with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg), info=self.info,
+    def save(self, path, overwrite: bool = False) -> None:
+        with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg), info=self.info,
                         tokenizer=self.tokenizer_identity, n_products=len(self.product_ids),
                         catalog=self.catalog) as tmp:
             self.model.save_pretrained(tmp / "model")
@@ -377,23 +383,24 @@ class MultispanRetriever(Retriever):
             np.save(tmp / "title_lengths.npy", np.diff(self.doc_starts))
 
     @classmethod
+    @reads_artifact
     def _load(cls, path: Path) -> "MultispanRetriever":
         from fm_index import FMIndex
 
         from .backbone import load_backbone
 
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, verify=False)  # Retriever.load verified every file below
         known = MultispanConfig.__dataclass_fields__  # fields an older save may still carry are ignored
         self = cls(**{k: v for k, v in manifest["config"].items() if k in known})
         self.info = manifest.get("info", {})
         self.stage = self.info.get("stage", "sft")
-        self.model, self.tokenizer = load_backbone(path / "model")
+        self.model, self.tokenizer = load_backbone(path / "model", verify=False)
         if self.tokenizer_identity != manifest["tokenizer"]:
             raise ArtifactError(f"{path}: the model's tokenizer differs from the one the "
                                 "retriever was built with; retrain or rebuild the index")
-        self.index = FMIndex.load(path / "fm_index", tokenizer=manifest["tokenizer"])
+        self.index = FMIndex.load(path / "fm_index", tokenizer=manifest["tokenizer"], verify=False)
         self.product_ids = json.loads((path / "product_ids.json").read_text())
         self.titles = dict(zip(self.product_ids, json.loads((path / "titles.json").read_text())))
-        self._prepare(np.load(path / "title_lengths.npy"))
+        self._prepare(np.load(path / "title_lengths.npy", allow_pickle=False))
         self.model.eval()
         return self

@@ -8,8 +8,14 @@ as ids "0", "1", ...).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import inspect
+import math
+import numbers
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -74,7 +80,9 @@ class Retriever:
     def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
         raise NotImplementedError
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        """Save atomically to ``path``: absent, empty, or an artifact of this kind
+        (``overwrite``: also one of another kind); never a user's folder."""
         raise NotImplementedError
 
     def explain(self, query: str, k: int = 10) -> dict:
@@ -120,19 +128,140 @@ def as_queries(queries) -> dict[str, str]:
     return dict(queries)
 
 
-def make_retriever(name: str, **cfg) -> Retriever:
-    """A fresh, unfitted retriever by harness name (see ``REGISTRY``)."""
+def _integral(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# annotation -> (what the error says is expected, test); numpy numbers count as numbers
+_CHECKS = {bool: ("a boolean (true or false)", lambda v: isinstance(v, bool)),
+           int: ("an integer", _integral),
+           float: ("a float", _real),
+           str: ("a string", lambda v: isinstance(v, str)),
+           list: ("a list", lambda v: isinstance(v, (list, tuple))),
+           tuple: ("a list", lambda v: isinstance(v, (list, tuple))),
+           dict: ("a mapping", lambda v: isinstance(v, Mapping))}
+
+
+def _expected(kind) -> str:
+    origin, args = typing.get_origin(kind) or kind, typing.get_args(kind)
+    if origin is list and args == (str,):
+        return "a list of strings"
+    return _CHECKS[origin][0] if origin in _CHECKS else str(kind)
+
+
+def _setting(key: str, value, kind):
+    """``value`` checked against the annotation ``kind``; numbers may come as strings
+    ("1e-3", which YAML leaves a string). Raises "key: expected ..., got ..."."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kinds = [k for k in typing.get_args(kind) if k is not type(None)]
+        nullable = len(kinds) < len(typing.get_args(kind))
+        if value is None and nullable:
+            return None
+        for k in kinds:
+            try:
+                return _setting(key, value, k)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected {' or '.join(map(_expected, kinds))}"
+                         f"{' or null' if nullable else ''}, got {value!r}")
+    origin, args = typing.get_origin(kind) or kind, typing.get_args(kind)
+    if origin not in _CHECKS:
+        return value
+    if origin is str and isinstance(value, os.PathLike):  # backbone=Path(...) from Python
+        value = os.fspath(value)
+    if origin in (int, float) and isinstance(value, str):
+        try:
+            value = origin(value.strip())
+        except ValueError:
+            pass
+    if not _CHECKS[origin][1](value) or (origin is list and not all(isinstance(x, args) for x in value)):
+        want = "a finite float" if origin is float and isinstance(value, float) else _expected(kind)
+        raise ValueError(f"{key}: expected {want}, got {value!r}")
+    if origin in (list, tuple):
+        return origin(value)
+    if origin in (int, float):  # as plain Python numbers (numpy ones do not serialise to JSON)
+        return int(value) if _integral(value) else float(value)
+    return value
+
+
+def check_settings(config, settings: Mapping, owner: str, extra: Mapping | None = None,
+                   prefix: str = "") -> dict:
+    """``settings`` checked against the fields (and field types) of the dataclass
+    ``config``; a nested dataclass field (e.g. ``train``) takes a mapping, checked the same
+    way. ``extra`` adds keyword names with their annotations. Returns the settings with
+    numbers parsed; an unknown key or a wrong type is a one-line ValueError naming it."""
+    names = {f.name for f in dataclasses.fields(config)}
+    kinds = {k: v for k, v in typing.get_type_hints(config).items() if k in names} | dict(extra or {})
+    out = {}
+    for key, value in settings.items():
+        kind = kinds.get(key)
+        nested = dataclasses.is_dataclass(kind)
+        if kind is None or (isinstance(value, Mapping) and value and not nested
+                            and (typing.get_origin(kind) or kind) is not dict):
+            bad = key if kind is None else f"{key}.{next(iter(value))}"
+            near = difflib.get_close_matches(key, kinds, n=1) if kind is None else []
+            raise ValueError(f"unknown setting {prefix + bad!r} for {owner}"
+                             + (f" (did you mean {prefix + near[0]!r}?)" if near else "")
+                             + f"; known: {', '.join(prefix + k for k in sorted(kinds))}")
+        if nested and isinstance(value, Mapping):
+            out[key] = check_settings(kind, value, owner, prefix=f"{prefix}{key}.")
+        elif nested and not isinstance(value, kind):
+            raise ValueError(f"{prefix}{key}: expected settings as {prefix}{key}.NAME=VALUE, got {value!r}")
+        else:
+            out[key] = value if nested else _setting(prefix + key, value, kind)
+    return out
+
+
+def _retriever_class(name: str) -> type[Retriever]:
     if name not in REGISTRY:
         raise ValueError(f"unknown retriever {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    module, cls, defaults = REGISTRY[name]
-    return getattr(importlib.import_module(module), cls)(**{**defaults, **cfg})
+    module, cls, _ = REGISTRY[name]
+    return getattr(importlib.import_module(module), cls)
 
 
-def load_retriever(path: str | os.PathLike) -> Retriever:
-    """Load any saved retriever; its manifest names the class."""
-    manifest = read_manifest(path)
+def make_retriever(name: str, **cfg) -> Retriever:
+    """A fresh, unfitted retriever by harness name (see ``REGISTRY``). Every setting is
+    checked first (:func:`check_settings`): an unknown key or a wrong type is a ValueError."""
+    klass = _retriever_class(name)
+    config = getattr(klass, "config_class", None) or type(klass().cfg)
+    params = inspect.signature(klass.__init__).parameters
+    extra = {k: v for k, v in typing.get_type_hints(klass.__init__).items()
+             if k in params and params[k].kind is not inspect.Parameter.VAR_KEYWORD}
+    return klass(**check_settings(config, {**REGISTRY[name][2], **cfg}, name, extra))
+
+
+def _disagreement(retriever: Retriever, name: str) -> str | None:
+    """Which of registry ``name``'s kind and settings a loaded ``retriever`` lacks, or None."""
+    if _retriever_class(name).kind != retriever.kind:
+        return f"kind {_retriever_class(name).kind!r}"
+    for key, want in REGISTRY[name][2].items():
+        have = getattr(retriever.cfg, key, getattr(retriever, key, None))
+        if key not in retriever.search_settings and have != want:
+            return f"{key} {want!r}, not {have!r}"
+    return None
+
+
+def load_retriever(path: str | os.PathLike, name: str | None = None) -> Retriever:
+    """Load any saved retriever; its manifest names the class. With ``name`` (a registry
+    name, e.g. the ``--retriever`` of ``genret eval``) the saved one must be of that kind
+    and have that entry's settings, else an ArtifactError."""
+    manifest = read_manifest(path, verify=False)  # klass.load verifies every file
+    kind = manifest.get("kind")
+    if name is not None and _retriever_class(name).kind != kind:
+        names = [n for n in REGISTRY if _retriever_class(n).kind == kind]
+        raise ArtifactError(f"{path} holds a {kind!r} retriever, not {name!r}; leave --retriever out"
+                            + (f" or use one of: {', '.join(names)}" if names else ""))
     for module, cls, _ in REGISTRY.values():
         klass = getattr(importlib.import_module(module), cls)
-        if klass.kind == manifest.get("kind"):
-            return klass.load(path)
-    raise ArtifactError(f"{path}: kind {manifest.get('kind')!r} is no retriever this genret knows")
+        if klass.kind == kind:
+            retriever = klass.load(path)
+            if name is not None and (why := _disagreement(retriever, name)):
+                fits = [n for n in REGISTRY if not _disagreement(retriever, n)]
+                raise ArtifactError(f"{path} is no {name!r} retriever ({name} has {why}); leave "
+                                    f"--retriever out or use one it is: {', '.join(fits)}")
+            return retriever
+    raise ArtifactError(f"{path}: kind {kind!r} is no retriever this genret knows")

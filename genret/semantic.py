@@ -30,11 +30,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see genret.
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .artifact import ArtifactError, atomic_dir, read_manifest  # noqa: E402
+from .artifact import ArtifactError, atomic_dir, read_manifest, reads_artifact  # noqa: E402
 from .decoding import TrieConstraint, constrained_beam_search  # noqa: E402
 from .eval import Run, tiebreak_keys, top_k  # noqa: E402
 from .retriever import Retriever, as_queries  # noqa: E402
-from .training import TrainConfig, dpo, sft  # noqa: E402
+from .training import TrainConfig, check_config, dpo, sft, work_dir  # noqa: E402
 
 PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
@@ -93,8 +93,8 @@ class SemanticConfig:
             raise ValueError(f"prune must be one of {', '.join(PRUNE_MODES)} (or None), got {self.prune!r}")
         if self.id_init not in ID_INITS:
             raise ValueError(f"id_init must be one of {', '.join(ID_INITS)}, got {self.id_init!r}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        check_config(self, "", num_beams=">= 1", max_new_tokens=">= 1", decode_batch_size=">= 1",
+                     dpo_queries=">= 1", seed=">= 0")
 
 
 class SemanticIDRetriever(Retriever):
@@ -284,13 +284,12 @@ class SemanticIDRetriever(Retriever):
             self.sids = self._semantic_ids(dataset)
 
     def fit(self, dataset, out_dir: str | None = None, **_) -> "SemanticIDRetriever":
-        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo')."""
-        import tempfile
-
+        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo'). Training
+        state goes to ``out_dir`` (its ``sft``/``dpo`` folders; a re-run with the same
+        settings and data resumes there), else to a temporary folder."""
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
         self.catalog = dataset.catalog_fingerprint()
-        work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="genret-sid-"))
         self._load_start(dataset)
         self._check_catalog(dataset)
         self.titles = dict(dataset.catalog)
@@ -301,18 +300,19 @@ class SemanticIDRetriever(Retriever):
                                                    "pruned_level", "collision_rate", "mean_length",
                                                    "max_length", "vocab_size")},
                          id_tokens_added=len(new))
-        if not (self.init and self.info.get("stage") in ("sft", "dpo")):
-            ex = self.examples(dataset, rng)
-            t0 = time.perf_counter()
-            trainable = None if self.cfg.train.full else self.token_map[1:].tolist()
-            self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train,
-                             trainable_tokens=trainable)
-            self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
-        if self.stage == "dpo":
-            t0 = time.perf_counter()
-            pairs, stats = self.mine_pairs(dataset, rng)
-            self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
-            self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0, **stats)
+        with work_dir(out_dir, "genret-sid-") as work:
+            if not (self.init and self.info.get("stage") in ("sft", "dpo")):
+                ex = self.examples(dataset, rng)
+                t0 = time.perf_counter()
+                trainable = None if self.cfg.train.full else self.token_map[1:].tolist()
+                self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train,
+                                 trainable_tokens=trainable)
+                self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
+            if self.stage == "dpo":
+                t0 = time.perf_counter()
+                pairs, stats = self.mine_pairs(dataset, rng)
+                self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
+                self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0, **stats)
         self.model.eval()
         return self
 
@@ -392,12 +392,12 @@ class SemanticIDRetriever(Retriever):
                              for p, s in zip(ids, scores)]}
 
     # -- storage -------------------------------------------------------------
-    def save(self, path) -> None:
+    def save(self, path, overwrite: bool = False) -> None:
         from .backbone import save_backbone
 
         if self.model is None:
             raise RuntimeError("SemanticIDRetriever.save before fit()")
-        with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg), info=self.info,
+        with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg), info=self.info,
                         tokenizer=self.tokenizer_identity, n_products=len(self.sids), catalog=self.catalog,
                         id_tokens=len(self.token_map) - 1) as tmp:
             save_backbone(self.model, self.tokenizer, tmp / "model", preset=self.cfg.preset)
@@ -406,20 +406,21 @@ class SemanticIDRetriever(Retriever):
             (tmp / "titles.json").write_text(json.dumps([self.titles.get(p, "") for p in self.sids.item_ids]))
 
     @classmethod
+    @reads_artifact
     def _load(cls, path: Path) -> "SemanticIDRetriever":
         from semantic_id import SemanticIDError, SemanticIDs
 
         from .backbone import load_backbone
 
-        manifest = read_manifest(path)
+        manifest = read_manifest(path, verify=False)  # Retriever.load verified every file below
         self = cls(**manifest["config"])
         self.info = manifest.get("info", {})
         self.stage = self.info.get("stage", "sft")
         try:
-            self.sids = SemanticIDs.load(path / "sid")
+            self.sids = SemanticIDs.load(path / "sid", verify=False)
         except SemanticIDError as e:
             raise ArtifactError(str(e)) from None
-        self.model, self.tokenizer = load_backbone(path / "model")
+        self.model, self.tokenizer = load_backbone(path / "model", verify=False)
         if self.tokenizer_identity != manifest["tokenizer"]:
             raise ArtifactError(f"{path}: the model's tokenizer differs from the one the "
                                 "retriever was built with; retrain it")

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifact import ArtifactError, atomic_dir
+from .artifact import ArtifactError, atomic_dir, reads_artifact
 from .eval import Run, tiebreak_keys, top_k
 from .retriever import Retriever, as_queries
 
@@ -867,14 +867,14 @@ class SparseRetriever(Retriever):
         return flops_figure(self.encode_queries(list(queries.values())), self.index.documents)
 
     # ---- persistence
-    def save(self, path) -> None:
+    def save(self, path, overwrite: bool = False) -> None:
         self._check()
         from safetensors.torch import save_file
 
         enc = self.encoder
         heads = {f"mlm.{k}": v for k, v in (enc.mlm.state_dict().items() if enc.mlm else [])}
         heads.update({f"fc.{k}": v for k, v in (enc.fc.state_dict().items() if enc.fc else [])})
-        with atomic_dir(path, self.kind, self.version, config=asdict(self.cfg),
+        with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg),
                         backbone=enc.identity, backbone_kind=enc.kind,
                         index_shape=list(self.index.postings.shape),
                         n_products=len(self.index.product_ids), catalog=self.catalog, info=self.info,
@@ -885,6 +885,7 @@ class SparseRetriever(Retriever):
             self.index.save(tmp)
 
     @classmethod
+    @reads_artifact
     def _load(cls, path: Path) -> "SparseRetriever":
         from safetensors.torch import load_file
 

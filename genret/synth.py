@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -37,7 +35,7 @@ from tqdm.auto import tqdm
 from .artifact import atomic_dir
 from .data import BUCKETS, Dataset, terms
 from .eval import Run, rrf
-from .training import TrainConfig, dpo, sft
+from .training import TrainConfig, check_config, dpo, sft, work_dir
 
 PROMPT = "<|query|> {query}<|query|>"  # the rewrite continues like a query of pretraining
 REWARDS = ("gain", "incremental", "relevance", "diversity", "form")
@@ -86,6 +84,7 @@ class SynthConfig:
             self.channels = [c.strip() for c in self.channels.split(",") if c.strip()]
         if self.decoding not in ("sample", "beam"):
             raise ValueError(f"decoding {self.decoding!r}: use 'sample' or 'beam'")
+        check_config(self, "", queries=">= 1", dpo_queries=">= 0", sft_pairs=">= 0", seed=">= 0")
         if self.candidates < 2:
             raise ValueError(f"candidates must be >= 2 (diversity and DPO compare them), got {self.candidates}")
         if not self.channels:
@@ -440,12 +439,11 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
     t["backbone_seconds"] = time.perf_counter() - t0
     qids = pick_queries(dataset, cfg.queries, cfg.seed)
     texts = lambda qs: [dataset.queries[q] for q in qs]  # noqa: E731
-    work = Path(tempfile.mkdtemp(prefix="genret-synth-"))
     train_cfg = replace(cfg.train, progress=cfg.train.progress and progress)
     mined: list[Candidate] = []
     before: list[Candidate] = []
     prefs: list[dict] = []
-    try:
+    with work_dir(None, "genret-synth-") as work:
         if pairs:
             t0 = time.perf_counter()
             model = sft(model, tokenizer, [(_prompt_ids(tokenizer, a), encode_text(tokenizer, b))
@@ -470,8 +468,6 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
             if prefs:
                 model = dpo(model, tokenizer, prefs, work / "dpo", train_cfg)
             t["dpo_seconds"] = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     if before and not prefs:  # no DPO step: the SFT rewriter's candidates are the final ones
         cands = before
     else:

@@ -4,17 +4,28 @@ SFT takes pre-tokenised (prompt ids, completion ids) pairs, so targets sliced fr
 title's own token ids reach the model unchanged; the loss is on the completion only.
 DPO trains a fresh LoRA adapter on top of the (merged) SFT model: the reference model is
 the same network with the adapter disabled. Both run through the HF Trainer, so they
-scale out with ``accelerate launch`` and resume from ``out_dir`` checkpoints.
+scale out with ``accelerate launch`` and resume from ``out_dir`` checkpoints, but only
+those of the same run: ``genret_run.json`` there keys them by everything that determines
+the result (see :func:`run_key`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import operator
 import os
+import re
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .retriever import check_settings
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -43,8 +54,38 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if not self.dpo_sft_weight >= 0:  # also refuses NaN
+        check_config(self, "train", lora_r=">= 1", lora_alpha="> 0", batch_size=">= 1",
+                     learning_rate="> 0", max_length=">= 2", dpo_beta="> 0", dpo_learning_rate="> 0",
+                     dpo_batch_size=">= 1", save_steps=">= 1", seed=">= 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"train.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.dpo_sft_weight >= 0:
             raise ValueError(f"train.dpo_sft_weight must be >= 0 (0 = plain DPO), got {self.dpo_sft_weight}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be -1 (train by epochs) or > 0, got {self.max_steps}")
+        for name in ("epochs", "dpo_epochs"):
+            if self.max_steps == -1 and getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be > 0 (or set train.max_steps > 0), got {getattr(self, name)}")
+        if not self.lora_targets:
+            raise ValueError("train.lora_targets is empty: name the modules LoRA adapts, e.g. [q_proj, v_proj]")
+
+
+_OPS = {">": operator.gt, ">=": operator.ge}
+
+
+def check_config(cfg, owner: str, **rules: str) -> None:
+    """Check the dataclass ``cfg`` in place: field types (numbers given as strings are
+    parsed, see :func:`genret.retriever.check_settings`) and ``rules`` such as
+    ``batch_size=">= 1"`` (None passes). A one-line ValueError names ``owner.field``;
+    ``owner`` "" for top-level settings."""
+    prefix = f"{owner}." if owner else ""
+    for name, value in check_settings(type(cfg), vars(cfg), owner or type(cfg).__name__, prefix=prefix).items():
+        setattr(cfg, name, value)
+    for name, rule in rules.items():
+        op, limit = rule.split()
+        value = getattr(cfg, name)
+        if value is not None and not _OPS[op](value, float(limit)):
+            raise ValueError(f"{prefix}{name} must be {rule}, got {value!r}")
 
 
 def _common_args(cfg: TrainConfig, out_dir: Path, lr: float, epochs: float, batch: int) -> dict:
@@ -62,6 +103,10 @@ def _lora(cfg: TrainConfig, trainable_tokens: list[int] | None):
     extra = {"trainable_token_indices": {"embed_tokens": list(trainable_tokens)}} if trainable_tokens else {}
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_targets, task_type="CAUSAL_LM", **extra)
+
+
+def _lora_settings(cfg: TrainConfig) -> dict:
+    return dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, targets=cfg.lora_targets)
 
 
 @contextlib.contextmanager
@@ -104,8 +149,160 @@ def _plain_forward(model):
     return model
 
 
-def _resume(out_dir: Path) -> bool:
-    return any(p.name.startswith("checkpoint-") for p in out_dir.glob("checkpoint-*"))
+# ----------------------------------------------------------------------------- training state
+
+KEY_FILE = "genret_run.json"  # in a trainer's out_dir: the key of the run its checkpoints belong to
+MODEL_CARD = "README.md"  # trl writes one into out_dir with every checkpoint
+_UNKEYED = ("output_dir", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit")  # change no weight
+# what the HF Trainer writes into a checkpoint that resuming needs (any one pattern of each)
+_CHECKPOINT_FILES = {"weights": ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                                 "pytorch_model.bin", "adapter_model.bin", "pytorch_model_fsdp*"),
+                     "optimizer state": ("optimizer.pt", "optimizer.bin", "optimizer_*"),
+                     "scheduler state": ("scheduler.pt",)}
+
+
+@contextlib.contextmanager
+def work_dir(out_dir: str | os.PathLike | None, prefix: str):
+    """``out_dir`` as a Path (training state kept there for a resume), or with None a
+    temporary directory removed on exit."""
+    if out_dir is not None:
+        yield Path(out_dir)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _digest(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``model``'s state dict."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        h.update(t.view(torch.uint8).numpy().data)
+    return "sha256:" + h.hexdigest()
+
+
+def run_key(stage: str, settings: dict, data, model, tokenizer) -> dict:
+    """What determines a training run's result: the trainer settings (bar logging and
+    saving), the exact training data, the initial weights and architecture, the tokenizer,
+    the number of processes and the library versions; ``key`` hashes them all."""
+    from importlib.metadata import version
+
+    from .backbone import tokenizer_identity
+
+    arch = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    parts = {"stage": stage, "settings": {k: v for k, v in settings.items() if k not in _UNKEYED},
+             "data": _digest(data), "weights": weights_fingerprint(model), "architecture": _digest(arch),
+             "tokenizer": tokenizer_identity(tokenizer), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+             "versions": {p: version(p) for p in ("torch", "transformers", "trl", "peft")}}
+    return {"key": _digest(parts), **json.loads(json.dumps(parts, default=str))}
+
+
+def _notice(text: str) -> None:
+    print(f"genret: {text}", file=sys.stderr)
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` directories of ``out_dir``, by step."""
+    found = [(int(m.group(1)), p) for p in out_dir.glob("checkpoint-*")
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _nonempty(p: Path) -> bool:
+    return p.stat().st_size > 0 if p.is_file() else p.is_dir() and any(p.iterdir())
+
+
+def _incomplete(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed (a run stopped while writing it), or None. The
+    Trainer writes trainer_state.json last; the files before it must be there too."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "no readable trainer_state.json"
+    for what, patterns in _CHECKPOINT_FILES.items():
+        if not any(_nonempty(p) for pattern in patterns for p in ckpt.glob(pattern)):
+            return f"its {what} file is missing or empty"
+    return None
+
+
+def _changes(old: dict, new: dict) -> str:
+    """The parts of a run key that differ, for a notice: setting names, else part names."""
+    diff = [k for k in sorted(set(old.get("settings", {})) | set(new["settings"]))
+            if old.get("settings", {}).get(k) != new["settings"].get(k)]
+    return ", ".join(diff + [k for k in new if k not in ("key", "settings") and old.get(k) != new[k]])
+
+
+def prepare_out_dir(out_dir: Path, run: dict) -> None:
+    """Leave in ``out_dir`` only complete checkpoints of the run keyed ``run`` (see
+    :func:`run_key`): another run's checkpoints and incomplete ones are removed, each with a
+    one-line notice. A directory holding anything else (no key file: not genret's) is refused."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a directory; train into another directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_file = out_dir / KEY_FILE
+    ckpts = _checkpoints(out_dir)
+    tmp = out_dir / f".{KEY_FILE}.tmp"
+    names = sorted(p.name for p in out_dir.iterdir() if p != tmp)
+    foreign = [n for n in names if n not in {KEY_FILE, MODEL_CARD} | {p.name for p in ckpts}]
+    if foreign:
+        raise ValueError(f"{out_dir}: holds files that are not genret training state ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); move them or train into another directory")
+    if names and not key_file.is_file():
+        raise ValueError(f"{out_dir}: holds {', '.join(names[:3])} but no {KEY_FILE} (not this genret's training "
+                         "state), so what it was trained on is unknown; delete it or train into another directory")
+    if key_file.is_file():
+        try:
+            old = json.loads(key_file.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("key") != run["key"]:
+            if ckpts:
+                what = _changes(old, run) if old else f"unreadable {KEY_FILE}"
+                _notice(f"settings changed since the checkpoints in {out_dir} were written ({what}); starting over")
+            for p in ckpts:  # under the old key file: a stop half-way still reads as stale
+                shutil.rmtree(p)
+            ckpts = []
+    for p in ckpts:
+        why = _incomplete(p)
+        if why:
+            _notice(f"{p} is incomplete ({why}: a run stopped while writing it); removed it")
+            shutil.rmtree(p)
+    tmp.write_text(json.dumps(run, indent=1, sort_keys=True))
+    os.replace(tmp, key_file)
+
+
+def _resume_from(out_dir: Path, run: dict) -> str | None:
+    """Prepare ``out_dir`` (on the main process) and return the checkpoint to resume, if any."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        prepare_out_dir(out_dir, run)
+    state.wait_for_everyone()
+    last = _checkpoints(out_dir)[-1:]
+    if last and state.is_main_process:
+        _notice(f"resuming {run['stage']} from {last[0]} (same settings, data and model)")
+    return str(last[0]) if last else None
+
+
+def _train(trainer, resume: str | None) -> None:
+    """``trainer.train()``, resuming from the checkpoint ``resume``. The checkpoint of a
+    finished run is only loaded: the Trainer would train one step past ``max_steps``."""
+    done = resume and json.loads((Path(resume) / "trainer_state.json").read_text())
+    if done and done["global_step"] >= done["max_steps"] and not (trainer.is_fsdp_enabled
+                                                                   or trainer.is_deepspeed_enabled):
+        trainer._load_from_checkpoint(resume)
+    else:
+        trainer.train(resume_from_checkpoint=resume)
 
 
 def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: str | os.PathLike,
@@ -124,15 +321,18 @@ def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: 
         rows["input_ids"].append(ids)
         rows["completion_mask"].append(([0] * len(p) + [1] * (len(c) + 1))[: cfg.max_length])
     out_dir = Path(out_dir)
-    args = SFTConfig(**_common_args(cfg, out_dir, cfg.learning_rate, cfg.epochs, cfg.batch_size),
-                     completion_only_loss=True, packing=False)
+    settings = dict(_common_args(cfg, out_dir, cfg.learning_rate, cfg.epochs, cfg.batch_size),
+                    completion_only_loss=True, packing=False)
+    args = SFTConfig(**settings)
+    keyed = dict(settings, lora=None if cfg.full else _lora_settings(cfg), trainable_tokens=trainable_tokens)
+    resume = _resume_from(out_dir, run_key("sft", keyed, rows, model, tokenizer))
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
                          processing_class=tokenizer,
                          peft_config=None if cfg.full else _lora(cfg, trainable_tokens))
     if cfg.full and trainable_tokens:
         model.get_input_embeddings().weight.requires_grad_(True)
     with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext():
-        trainer.train(resume_from_checkpoint=_resume(out_dir) or None)
+        _train(trainer, resume)
     trained = trainer.model
     return _plain_forward(trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained)
 
@@ -151,10 +351,13 @@ def dpo(model, tokenizer, pairs: list[dict], out_dir: str | os.PathLike, cfg: Tr
     loss = (dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(cfg.dpo_sft_weight)])
             if cfg.dpo_sft_weight else {})
     out_dir = Path(out_dir)
-    args = DPOConfig(**_common_args(cfg, out_dir, cfg.dpo_learning_rate, cfg.dpo_epochs,
-                                    cfg.dpo_batch_size), beta=cfg.dpo_beta, **loss)
+    settings = dict(_common_args(cfg, out_dir, cfg.dpo_learning_rate, cfg.dpo_epochs, cfg.dpo_batch_size),
+                    beta=cfg.dpo_beta, **loss)
+    args = DPOConfig(**settings)
+    resume = _resume_from(out_dir, run_key("dpo", dict(settings, lora=_lora_settings(cfg)), pairs, model,
+                                           tokenizer))
     trainer = DPOTrainer(model=model, ref_model=None, args=args,
                          train_dataset=HFDataset.from_list(pairs), processing_class=tokenizer,
                          peft_config=_lora(cfg, None))
-    trainer.train(resume_from_checkpoint=_resume(out_dir) or None)
+    _train(trainer, resume)
     return _plain_forward(trainer.model.merge_and_unload())

@@ -143,12 +143,12 @@ class SemanticIDs:
                     f"{self.config.quantizer} {self.config.levels}x{self.config.codebook}, "
                     f"{len(self)} items")
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         info = {"encoder": self.encoder, "config": self.config.to_dict(),
                 "quantizer": self.quantizer.config() if self.quantizer is not None else None,
                 "n_items": len(self), "levels": self.config.levels, "codebook": self.config.codebook,
                 "vocab_size": self.space.vocab_size, "n_tokens": len(self.tokens), "info": self.info}
-        with atomic_dir(path, KIND, VERSION, **info) as tmp:
+        with atomic_dir(path, KIND, VERSION, overwrite, **info) as tmp:
             (tmp / "item_ids.json").write_text(json.dumps(self.item_ids))
             np.save(tmp / "codes.npy", self.codes)
             np.save(tmp / "tokens.npy", self.tokens)
@@ -159,10 +159,12 @@ class SemanticIDs:
                     np.save(tmp / "quantizer" / f"{name}.npy", arr)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, encoder: str | None = None) -> SemanticIDs:
-        """Load and check a saved directory; ``encoder`` (an identity) must match if given."""
+    def load(cls, path: str | os.PathLike, encoder: str | None = None, verify: bool = True) -> SemanticIDs:
+        """Load and check a saved directory; ``encoder`` (an identity) must match if given.
+        Sizes are always checked, sha256 too unless ``verify=False`` (files checked already)."""
         path = Path(path)
-        m = read_manifest(path, KIND, VERSION)
+        m = read_manifest(path, KIND, VERSION, verify=verify,
+                          rebuild=f"rebuild it with `genret sid build ... --out {path}`")
         if encoder is not None and m.get("encoder") != encoder:
             raise SemanticIDError(f"{path}: built with encoder {m.get('encoder')!r}, not {encoder!r}; "
                                   "rebuild it with the same encoder")

@@ -57,52 +57,54 @@ def test_compare_writes_everything(synthetic_dir, tmp_path, capsys):
     (out / "table.md").unlink()
     assert main(["report", str(out), "--data", str(synthetic_dir), "--threshold", "2.5"]) == 0
     assert (out / "table.md").read_text() == table
-    # a doctored run changes the re-rendered numbers: they come from runs/, not metrics.json
+    # a doctored run is refused, not re-rendered: runs/ must be the runs the comparison wrote
     (out / "runs" / "bm25.trec").write_text("")
-    assert main(["report", str(out), "--data", str(synthetic_dir), "--threshold", "2.5"]) == 0
-    again = json.loads((out / "metrics.json").read_text())["retrievers"][0]
-    assert again["metrics"]["R@100"] == 0.0 and metrics["retrievers"][0]["metrics"]["R@100"] > 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--data", str(synthetic_dir), "--threshold", "2.5"]) == 2
+    err = capsys.readouterr().err
+    assert "bm25.trec has 0 lines" in err and "--resume" in err and len(err.splitlines()) == 1
+    assert json.loads((out / "metrics.json").read_text()) == metrics
     assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_compare_resume_reuses_unchanged_rows_only(synthetic_dir, tmp_path, capsys):
+    from genret.eval import Run, rrf
+
     cfg, out = tmp_path / "c.yaml", tmp_path / "out"
     rows = ("name: t\nsplit: test\nk: 100\nretrievers:\n  - name: bm25\n  - name: bm25-stem\n{stem}"
             "  - name: reload\n    model: '{{out}}/models/bm25'\n"
             "fusion:\n  - name: rrf\n    members: [bm25, bm25-stem]\n")
     args = ["compare", "--config", str(cfg), "--data", str(synthetic_dir), "--out", str(out)]
 
-    def recall():
-        return {e["name"]: e["metrics"]["MRR@10"]
-                for e in json.loads((out / "metrics.json").read_text())["retrievers"]}
+    def reused():
+        """The rows the last command reused (it says so on stderr), and its stderr."""
+        err = capsys.readouterr().err
+        return {line.split(":")[0] for line in err.splitlines() if "reusing its saved run" in line}, err
 
     cfg.write_text(rows.format(stem=""))
-    assert main(args) == 0
-    assert recall()["bm25"] > 0 and (out / "runs" / "bm25.json").is_file()
-    # a doctored saved run shows whether a row was reused or re-run
-    for name in ("bm25", "bm25-stem", "reload"):
-        (out / "runs" / f"{name}.trec").write_text("")
+    assert main(args) == 0 and reused()[0] == set()
+    assert (out / "runs" / "bm25.json").is_file()
     cfg.write_text(rows.format(stem="    params: {k1: 0.9}\n"))
     assert main(args + ["--resume"]) == 0
-    again = recall()
-    assert again["bm25"] == 0 and again["reload"] == 0  # unchanged: reused
-    assert again["bm25-stem"] > 0  # its params changed: re-run
-    # fusion is recomputed from the rows' runs: with bm25's run empty it is bm25-stem's order
-    from genret.eval import Run
-
-    fused, stem = (Run.read_trec(out / "runs" / f"{n}.trec") for n in ("rrf", "bm25-stem"))
-    assert {q: r.ids for q, r in fused.items()} == {q: r.ids[:100] for q, r in stem.items()}
+    done, err = reused()
+    assert done == {"bm25", "reload"}  # unchanged: reused
+    assert "bm25-stem: re-running it: its config changed" in err  # its params changed: re-run
+    # fusion is recomputed from the rows' runs
+    fused, bm25, stem = (Run.read_trec(out / "runs" / f"{n}.trec") for n in ("rrf", "bm25", "bm25-stem"))
+    assert {q: r.ids for q, r in fused.items()} == {q: r.ids for q, r in rrf([bm25, stem], 100).items()}
     # an upstream row re-run invalidates the rows that load its {out}/models/<row>
     cfg.write_text(rows.format(stem="    params: {k1: 0.9}\n").replace("name: bm25\n", "name: bm25\n    params: {k1: 1.1}\n", 1))
     assert main(args + ["--resume"]) == 0
-    assert recall()["reload"] > 0
-    # runs saved before per-row records existed: metrics.json stands in for them
+    done, err = reused()
+    assert done == {"bm25-stem"} and "reload: re-running it: its saved model" in err
+    # runs saved without a record (an older genret kept only metrics.json) are re-run, saying so
     for f in (out / "runs").glob("*.json"):
         f.unlink()
-    (out / "runs" / "bm25.trec").write_text("")
     assert main(args + ["--resume"]) == 0
-    assert recall()["bm25"] == 0
-    assert main(args) == 0 and recall()["bm25"] > 0  # without --resume everything re-runs
+    done, err = reused()
+    assert done == set() and err.count("it has no record of what it was run on") == 3
+    assert main(args) == 0 and reused()[0] == set()  # without --resume everything re-runs
 
 
 def test_compare_saved_model_rows_take_setting_overrides(synthetic_dir, tmp_path, capsys):

@@ -375,6 +375,10 @@ BAD_TSV = {
                   ["line 2", "'valid'", "train, dev or test"]),
     "bad frequency": (tsv_case("queries.tsv", "query_id\tquery\tfrequency\na\tx\tlots\n"),
                       ["line 2", "frequency", "'lots'"]),
+    "tab inside a title": (tsv_case("products.tsv", "product_id\ttitle\np1\tA\np2\tClaw\tHammer\n"),
+                           ["line 3", "3 tab-separated fields, the header 2", "holds a tab"]),
+    "empty query text": (tsv_case("queries.tsv", "query_id\tquery\na\tx\nb\t  \n"),
+                         ["line 3", "empty query"]),
 }
 
 
@@ -396,6 +400,64 @@ def test_tsv_undecodable_bytes(tmp_path):
     with pytest.raises(DataError, match="line 3 is not valid UTF-8.*re-save") as e:
         load_tsv_dir(d)
     assert str(d / "products.tsv") in str(e.value)
+
+
+def test_empty_query_texts_are_refused_at_load(tmp_path):
+    d = make_beir(tmp_path / "beir")
+    for text in ('"  "', "null"):
+        (d / "queries.jsonl").write_text('{"_id": "q1", "text": "drill"}\n{"_id": "q2", "text": %s}\n' % text)
+        with pytest.raises(DataError, match=r"queries.jsonl: line 2 has an empty text"):
+            load_dataset(d)
+    d = make_wands(tmp_path / "wands")
+    write(d / "query.csv", "query_id\tquery\n0\tsalon chair\n1\t\n")
+    with pytest.raises(DataError, match=r"query.csv: line 3 has an empty query"):
+        load_dataset(d)
+    d = make_multicpr(tmp_path / "cpr")
+    write(d / "train.query.txt", "10\t \n")
+    with pytest.raises(DataError, match=r"train.query.txt: line 1 has an empty query"):
+        load_dataset(d)
+
+
+def test_encoding_is_detected_recorded_and_can_be_given(tmp_path):
+    utf8 = tmp_path / "utf8.csv"
+    header = "id,product_uid,product_title,search_term,relevance\n"
+    utf8.write_bytes((header + "2,100001,Caf\u00e9 Table 3\u00bd in.,cafe table,3\n").encode("utf-8"))
+    ds = load_dataset(utf8)
+    assert ds.catalog["100001"] == "Caf\u00e9 Table 3\u00bd in." and ds.encoding == "utf-8"
+    assert ds.summary()["encoding"] == "utf-8" and ds.subset(ds.split("all", False)).encoding == "utf-8"
+    assert load_dataset(utf8, encoding="latin-1").catalog["100001"] == "Caf\u00c3\u00a9 Table 3\u00c2\u00bd in."
+    latin = homedepot_file(tmp_path, "2,100001,Caf\u00e9 Table,cafe table,3\n", "latin.csv")
+    ds = load_dataset(latin)  # the Home Depot file is latin-1: the fallback when UTF-8 fails
+    assert ds.catalog["100001"] == "Caf\u00e9 Table" and ds.encoding == "latin-1"
+    with pytest.raises(DataError) as e:
+        load_dataset(latin, encoding="utf-8")
+    assert f"{latin}: line 2 is not valid utf-8 (byte 0xe9 at byte offset {len(header) + 12})" in str(e.value)
+    with pytest.raises(DataError, match="unknown text encoding 'klingon'"):
+        load_dataset(latin, encoding="klingon")
+    d = make_tsv_dir(tmp_path / "d")
+    (d / "products.tsv").write_bytes("product_id\ttitle\np1\tCaf\u00e9\n".encode("latin-1"))
+    (d / "qrels.tsv").write_text("query_id\tproduct_id\trelevance\na\tp1\t1\n")
+    with pytest.raises(DataError, match="products.tsv: line 2 is not valid UTF-8.*--encoding latin-1"):
+        load_dataset(d)  # TSV has no fallback: UTF-8 unless told
+    ds = load_dataset(d, encoding="latin-1")
+    assert ds.catalog == {"p1": "Caf\u00e9"} and ds.encoding == "latin-1"
+
+
+def test_binary_or_unparsable_csv_is_one_clear_error(tmp_path):
+    rng = random.Random(0)
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(bytes(rng.randrange(256) for _ in range(4096)))
+    with pytest.raises(DataError, match="holds binary data") as e:
+        load_dataset(noise)
+    assert str(noise) in str(e.value) and "\n" not in str(e.value)
+    high = tmp_path / "high.dat"  # no NUL bytes: read as latin-1 text, then refused by its header
+    high.write_bytes(bytes(rng.randrange(0x80, 0x100) for _ in range(4096)) + b",\n" * 3)
+    with pytest.raises(DataError, match="expected columns") as e:
+        load_dataset(high)
+    assert len(str(e.value)) < 400 and "\n" not in str(e.value)
+    huge = homedepot_file(tmp_path, '2,100001,"' + "x" * 200_000 + '",q,3\n', "huge.csv")
+    with pytest.raises(DataError, match=r"huge.csv: line \d+ is not valid CSV \(field larger"):
+        load_dataset(huge)
 
 
 def homedepot_file(tmp_path: Path, body: str, name: str = "train.csv") -> Path:

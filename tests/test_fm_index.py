@@ -154,6 +154,10 @@ def test_load_errors(tmp_path):
         FMIndex.load(path, tokenizer="tok-B")
 
     manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "n_docs": 4}))
+    with pytest.raises(ValueError, match="own checksum.*rebuild"):
+        FMIndex.load(path)
+    manifest.pop("manifest_sha256")  # as saved before manifests had their own checksum
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(ValueError, match="format version 99.*rebuild"):
         FMIndex.load(path)
@@ -171,9 +175,10 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match="truncated"):
         FMIndex.load(path)
     bits.write_bytes(data[:-8] + b"\x01" * 8)
-    FMIndex.load(path)  # sizes only by default
     with pytest.raises(ValueError, match="sha256"):
-        FMIndex.load(path, verify=True)
+        FMIndex.load(path)  # verified by default
+    with pytest.raises(ValueError, match="wm_bits.*corrupt"):
+        FMIndex.load(path, verify=False)  # the structural check still runs
     bits.unlink()
     with pytest.raises(FileNotFoundError, match="missing"):
         FMIndex.load(path)
@@ -219,3 +224,90 @@ def test_queries_reject_bad_input():
         idx.extend(idx.range([]), 5)
     with pytest.raises(ValueError):
         idx.doc_positions([3])
+
+
+_FAULTS = r"""
+import json, sys
+from pathlib import Path
+
+import numpy as np
+
+from fm_index import FMIndex
+from fm_index import _kernels as K
+
+path = Path(sys.argv[1])
+idx = FMIndex.load(path)
+patterns = [[t] for t in range(idx.vocab_size)] + [[1, 2], [3, 5], [7, 7], [2, 9, 4]]
+
+
+def answers(ix):
+    out = []
+    for p in patterns:
+        r = ix.range(p)
+        out.append([ix.count(p), list(r), ix.next_symbols(r).tokens.tolist(),
+                    ix.locate(r).tolist(), ix.documents(r).doc_ids.tolist()])
+    return out
+
+
+def outcome(verify):
+    try:
+        got = answers(FMIndex.load(path, mmap=False, verify=verify))
+    except (ValueError, OSError) as e:
+        return "error: " + str(e)
+    return "same" if got == want else "different"
+
+
+want = answers(idx)
+rng = np.random.default_rng(0)
+cases = []
+for f in sorted(path.glob("*.npy")):
+    data = f.read_bytes()
+    with open(f, "rb") as fh:
+        np.lib.format.read_magic(fh)
+        np.lib.format.read_array_header_1_0(fh)
+        start = fh.tell()
+    flips = [(int(p), 1 << int(rng.integers(8)), "bit") for p in rng.integers(start, len(data), 12)]
+    flips += [(int(p), 0xFF, "byte") for p in rng.integers(start, len(data), 6)]
+    flips += [(int(p), 0x01, "header") for p in rng.integers(10, start, 2)]
+    for pos, mask, kind in flips:
+        bad = bytearray(data)
+        bad[pos] ^= mask
+        f.write_bytes(bytes(bad))
+        cases.append({"file": f.stem, "kind": kind, "verified": outcome(True), "unverified": outcome(False)})
+    f.write_bytes(data[:-8])
+    cases.append({"file": f.stem, "kind": "truncated", "verified": outcome(True), "unverified": outcome(False)})
+    f.write_bytes(data)
+
+# an unmarked suffix-array cycle (what corrupt bits can make) ends the walk, it does not loop
+arrays = dict(idx._arrays, sa_marks=K.pack_flags(np.zeros(idx.n_rows, bool)))
+meta = {k: getattr(idx, k) for k in ("n_docs", "n_tokens", "vocab_size", "sa_sample_rate")}
+try:
+    FMIndex(arrays, **meta).locate(idx.range([3]))
+    walk = "no error"
+except ValueError as e:
+    walk = str(e)
+print(json.dumps({"cases": cases, "walk": walk}))
+"""
+
+
+def test_corrupt_index_never_crashes_or_hangs(tmp_path):
+    """Bit and byte flips and truncation in every array file: a verified load always refuses;
+    an unverified one (structural check only) refuses every single-bit flip of the arrays the
+    kernels index without bounds checks, and never segfaults or hangs (run in a subprocess)."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(5)
+    docs = [rng.integers(0, 40, rng.integers(1, 15)) for _ in range(150)]
+    FMIndex.build(docs, vocab_size=40, sa_sample_rate=4).save(tmp_path / "idx")
+    proc = subprocess.run([sys.executable, "-c", _FAULTS, str(tmp_path / "idx")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # a segfault is returncode -11
+    report = json.loads(proc.stdout)
+    assert "corrupt" in report["walk"]
+    for case in report["cases"]:
+        assert case["verified"].startswith("error") and "rebuild" in case["verified"], case
+        if case["kind"] == "truncated" or (case["kind"] == "bit" and case["file"] in (
+                "wm_bits", "wm_zeros", "lf_offset", "sa_marks", "sa_samples")):
+            assert case["unverified"].startswith("error") and "rebuild" in case["unverified"], case
+    assert len(report["cases"]) == 7 * 21
