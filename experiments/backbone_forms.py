@@ -5,8 +5,9 @@ bidirectionally), ``decoder`` (MiniLM weights, plain causal mask), ``prefix-rand
 prefix-LM network from random init: the control). Each is trained the same way
 (query -> one relevant title, batch 32, AdamW, plain loop) and measured on a seeded
 sample of dev queries: title NLL per token of the relevant titles, and reranking each
-query's relevant products plus ``--negatives`` random ones by title log-probability
-(MRR, AUC). Zero-shot MiniLM cosine on the same candidates is the reference.
+query's labelled products (relevant ones are positives, judged-irrelevant ones hard
+negatives) plus ``--negatives`` random ones by title log-probability (MRR of the first
+relevant, AUC). Zero-shot MiniLM cosine on the same candidates is the reference.
 
     python experiments/backbone_forms.py --steps 200 --out docs/results/backbone_forms
 
@@ -76,9 +77,11 @@ def dev_candidates(ds, n_queries: int, negatives: int, seed: int):
     out = []
     for q in qids:
         rel = sorted(ds.relevant(q))
-        neg = [pids[i] for i in rng.choice(len(pids), negatives + len(rel), replace=False)
-               if pids[i] not in ds.qrels.get(q, {})][:negatives]
-        out.append((q, rel, neg))
+        labelled = ds.qrels.get(q, {})
+        hard = sorted(p for p in labelled if p not in ds.relevant(q))  # judged, below the threshold
+        rand = [pids[i] for i in rng.choice(len(pids), negatives + len(labelled), replace=False)
+                if pids[i] not in labelled][:negatives]
+        out.append((q, rel, hard + rand))
     return out
 
 
@@ -171,7 +174,7 @@ def main() -> None:
         res["forms"][form] = r
         out.with_suffix(".json").write_text(json.dumps(res, indent=1))  # after every form
         print(form, {k: v for k, v in r.items() if k != "train_loss"}, flush=True)
-    lines = [f"Dev, {len(cands)} queries, relevant + {args.negatives} random candidates each; "
+    lines = [f"Dev, {len(cands)} queries, labelled + {args.negatives} random candidates each; "
              f"{args.steps} steps of {args.batch}, lr {args.lr}.", "",
              "| form | dev title NLL/token | MRR | AUC | s/step |", "|---|---|---|---|---|"]
     for form, r in res["forms"].items():

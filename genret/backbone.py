@@ -151,15 +151,25 @@ def _word_start_table(tokenizer) -> np.ndarray:
     if table is None or len(table) != n:
         pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
         special = set(tokenizer.all_special_ids)
-        table = np.array([i not in special and p is not None and p[:1] in ("Ġ", "▁", " ")
+        if _is_wordpiece(tokenizer):  # a piece starts a word unless it is a ## continuation
+            starts = lambda p: not p.startswith("##")  # noqa: E731
+        else:  # ByteLevel Ġ, SentencePiece ▁
+            starts = lambda p: p[:1] in ("Ġ", "▁", " ")  # noqa: E731
+        table = np.array([i not in special and p is not None and starts(p)
                           for i, p in enumerate(pieces)], dtype=bool)
         tokenizer._genret_word_start = table
     return table
 
 
+def _is_wordpiece(tokenizer) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and json.loads(backend.to_str())["model"].get("type") == "WordPiece"
+
+
 def word_starts(tokenizer, ids) -> np.ndarray:
     """Boolean array: does token ``ids[i]`` begin a word (its piece starts with a space:
-    ByteLevel ``Ġ`` or SentencePiece ``▁``)? Special tokens never do."""
+    ByteLevel ``Ġ`` or SentencePiece ``▁``; for WordPiece (MiniLM/BERT): it is no ``##``
+    continuation)? Special tokens never do."""
     table = _word_start_table(tokenizer)
     arr = np.asarray(ids, dtype=np.int64).reshape(-1)
     if arr.size and (arr.min() < 0 or arr.max() >= len(table)):
@@ -232,9 +242,14 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def _set_specials(tok):
-    tok.eos_token = EOS
-    tok.bos_token = EOS
-    tok.pad_token = EOS
+    """The embedded tokenizer's specials (bos = eos = pad = ``<|endoftext|>``) where the
+    directory names none; a MiniLM backbone keeps its own (eos ``[SEP]``, pad ``[PAD]``)."""
+    if tok.eos_token is None:
+        tok.eos_token = EOS
+    if tok.eos_token == EOS and tok.bos_token is None:
+        tok.bos_token = EOS
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
 
@@ -252,8 +267,12 @@ def load_backbone(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.fl
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import minilm  # registers the MiniLM prefix-LM with the Auto classes
+
     if not str(name_or_path):
         raise BackboneError("no backbone given: pass a directory from `genret pretrain` or an HF model name")
+    if str(name_or_path) in minilm.FORMS:
+        return minilm.load_minilm(str(name_or_path))
     p = Path(name_or_path)
     looks_local = p.is_absolute() or str(name_or_path).startswith((".", "~")) or p.exists() \
         or len(p.parts) > 2

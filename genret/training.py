@@ -27,7 +27,9 @@ import torch
 
 from .retriever import check_settings
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# the attention and MLP projections LoRA adapts by default, per architecture family
+LORA_TARGETS = {"q_proj": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                "query": ["query", "key", "value", "dense"]}  # Qwen/Llama-style; BERT (MiniLM)
 
 
 @dataclass
@@ -38,7 +40,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    lora_targets: list[str] | None = None  # None: the model's attention + MLP projections
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 32
@@ -66,8 +68,9 @@ class TrainConfig:
         for name in ("epochs", "dpo_epochs"):
             if self.max_steps == -1 and getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be > 0 (or set train.max_steps > 0), got {getattr(self, name)}")
-        if not self.lora_targets:
-            raise ValueError("train.lora_targets is empty: name the modules LoRA adapts, e.g. [q_proj, v_proj]")
+        if self.lora_targets is not None and not self.lora_targets:
+            raise ValueError("train.lora_targets is empty: name the modules LoRA adapts, e.g. [q_proj, v_proj], "
+                             "or leave it out (null) for the model's attention and MLP projections")
 
 
 _OPS = {">": operator.gt, ">=": operator.ge}
@@ -97,12 +100,30 @@ def _common_args(cfg: TrainConfig, out_dir: Path, lr: float, epochs: float, batc
                 dataloader_num_workers=0, max_length=cfg.max_length, save_only_model=False)
 
 
-def _lora(cfg: TrainConfig, trainable_tokens: list[int] | None):
+def lora_targets(model, cfg: TrainConfig) -> list[str]:
+    """``cfg.lora_targets``, or the model's attention and MLP projections by family."""
+    if cfg.lora_targets is not None:
+        return list(cfg.lora_targets)
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for marker, targets in LORA_TARGETS.items():
+        if marker in leaves:
+            return list(targets)
+    raise ValueError(f"no known attention projections in {type(model).__name__}; set train.lora_targets "
+                     "to the names of the Linear modules LoRA should adapt")
+
+
+def _embedding_name(model) -> str:
+    emb = model.get_input_embeddings()
+    return next(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is emb)
+
+
+def _lora(model, cfg: TrainConfig, trainable_tokens: list[int] | None):
     from peft import LoraConfig
 
-    extra = {"trainable_token_indices": {"embed_tokens": list(trainable_tokens)}} if trainable_tokens else {}
+    extra = ({"trainable_token_indices": {_embedding_name(model): list(trainable_tokens)}}
+             if trainable_tokens else {})
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=cfg.lora_targets, task_type="CAUSAL_LM", **extra)
+                      target_modules=lora_targets(model, cfg), task_type="CAUSAL_LM", **extra)
 
 
 def _lora_settings(cfg: TrainConfig) -> dict:
@@ -308,9 +329,17 @@ def _train(trainer, resume: str | None) -> None:
 def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: str | os.PathLike,
         cfg: TrainConfig, trainable_tokens: list[int] | None = None):
     """Supervised fine-tuning on (prompt ids, completion ids); EOS is appended to each
-    completion. Returns the trained model with any LoRA adapter merged in."""
+    completion. Under LoRA the embedding rows of ``trainable_tokens`` and of the genret
+    markers and EOS (new rows in a pretrained vocabulary such as MiniLM's) are trained too.
+    Returns the trained model with any LoRA adapter merged in."""
     from datasets import Dataset as HFDataset
     from trl import SFTConfig, SFTTrainer
+
+    from .backbone import special_ids
+
+    if not cfg.full:
+        sp = special_ids(tokenizer)
+        trainable_tokens = sorted({*(trainable_tokens or []), sp.sep, sp.eos, sp.query, sp.title, sp.id})
 
     if not examples:
         raise ValueError("no training examples: the dataset produced no (prompt, target) pairs")
@@ -328,7 +357,7 @@ def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: 
     resume = _resume_from(out_dir, run_key("sft", keyed, rows, model, tokenizer))
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
                          processing_class=tokenizer,
-                         peft_config=None if cfg.full else _lora(cfg, trainable_tokens))
+                         peft_config=None if cfg.full else _lora(model, cfg, trainable_tokens))
     if cfg.full and trainable_tokens:
         model.get_input_embeddings().weight.requires_grad_(True)
     with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext():
@@ -358,6 +387,6 @@ def dpo(model, tokenizer, pairs: list[dict], out_dir: str | os.PathLike, cfg: Tr
                                            tokenizer))
     trainer = DPOTrainer(model=model, ref_model=None, args=args,
                          train_dataset=HFDataset.from_list(pairs), processing_class=tokenizer,
-                         peft_config=_lora(cfg, None))
+                         peft_config=_lora(model, cfg, None))
     _train(trainer, resume)
     return _plain_forward(trainer.model.merge_and_unload())

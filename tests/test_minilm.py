@@ -102,3 +102,88 @@ def test_pretrained_weights_are_minilms(tok):
     assert torch.equal(m.get_input_embeddings().weight[: len(w)], w)
     assert torch.equal(m.bert.encoder.layer[5].output.dense.weight, ref.encoder.layer[5].output.dense.weight)
     assert m.get_input_embeddings().weight.shape[0] == len(tok)
+
+
+# ----------------------------------------------------------------------------- both channels on this backbone
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    """A 2-layer random-init prefix-LM with MiniLM's tokenizer, saved as a genret backbone."""
+    from genret.backbone import save_backbone
+
+    tok = minilm_tokenizer()
+    return save_backbone(tiny(tok), tok, tmp_path_factory.mktemp("bb") / "tiny-minilm")
+
+
+def test_a_saved_minilm_backbone_loads_as_it_was(tiny_backbone, tok):
+    from genret.backbone import load_backbone, tokenizer_identity
+
+    model, back = load_backbone(tiny_backbone)
+    assert isinstance(model, PrefixBertLM) and model.config.prefix_lm
+    assert tokenizer_identity(back) == tokenizer_identity(tok) and back.eos_token == "[SEP]"
+    text = "dewalt 20v max cordless drill"
+    assert back.decode(back(text, add_special_tokens=False)["input_ids"]) == text
+
+
+LORA = {"max_steps": 30, "progress": False, "batch_size": 16, "learning_rate": 5e-3}
+
+
+def test_multispan_decodes_word_aligned_catalog_spans_and_round_trips(tiny_backbone, synthetic, tmp_path):
+    import numpy as np
+
+    from genret.backbone import word_starts
+    from genret.lexical import MultispanRetriever
+    from genret.retriever import load_retriever
+
+    from genret.backbone import load_backbone, special_ids
+
+    before = load_backbone(tiny_backbone)[0].get_input_embeddings().weight.detach().clone()
+    r = MultispanRetriever(stage="sft", backbone=str(tiny_backbone), num_beams=4, train=LORA)
+    r.fit(synthetic, out_dir=str(tmp_path / "work"))  # LoRA (the default) on BERT's projections
+    sp = special_ids(r.tokenizer)
+    moved = (r.model.get_input_embeddings().weight.detach() - before).norm(dim=1)
+    assert moved[[sp.sep, sp.query, sp.title, sp.eos]].min() > 0  # the new marker rows learn under LoRA
+    assert moved[before.shape[0] // 2] == 0  # an ordinary word row stays
+    titles = [np.array(t) for t in r.title_ids]
+    starts = [word_starts(r.tokenizer, t) for t in titles]
+    queries = {q: synthetic.queries[q] for q in synthetic.split("test")[:12]}
+    n = 0
+    for hyps in r.decode(list(queries.values())):
+        for h in hyps:
+            for span in r.constraint.spans(h.tokens):
+                s = np.array(span)
+                assert r.index.count(s) > 0
+                aligned = [i for t, w in zip(titles, starts) for i in range(len(t) - len(s) + 1)
+                           if (t[i:i + len(s)] == s).all() and w[i] and (i + len(s) == len(t) or w[i + len(s)])]
+                assert aligned, f"span {r.tokenizer.decode(span)!r} is not word-aligned in any title"
+                n += 1
+    assert n > 0
+    r.save(tmp_path / "ms")
+    back = load_retriever(tmp_path / "ms")
+    a, b = r.search(queries, 20), back.search(queries, 20)
+    assert all(a[q].ids == b[q].ids for q in queries)
+
+
+def test_semantic_ids_with_lora_train_the_id_rows_and_decode_valid_ids(tiny_backbone, tmp_path):
+    from genret.cli import main
+    from genret.data import synthetic_dataset
+    from genret.semantic import SemanticIDRetriever
+
+    ds = synthetic_dataset(n_products=60, n_queries=40)
+    from conftest import write_tsv_dataset
+
+    data = write_tsv_dataset(ds, tmp_path / "data")
+    assert main(["sid", "build", "--data", str(data), "--out", str(tmp_path / "sid"), "--levels", "2",
+                 "--codebook", "8", "--quiet"]) == 0
+    r = SemanticIDRetriever(stage="sft", sid=str(tmp_path / "sid"), backbone=str(tiny_backbone),
+                            num_beams=4, train=LORA)
+    r._load_start(ds)
+    r.add_id_tokens()
+    before = r.model.get_input_embeddings().weight.detach().clone()
+    r.fit(ds, out_dir=str(tmp_path / "work"))
+    after = r.model.get_input_embeddings().weight.detach()
+    ids = torch.as_tensor(r.token_map[1:])
+    assert (after[ids] - before[ids]).norm(dim=1).min() > 0  # trainable ID-token rows (word_embeddings)
+    for hs in r.decode([ds.queries[q] for q in list(ds.queries)[:8]]):
+        for h in hs:
+            assert len(r.constraint.items(h.tokens)) == 1

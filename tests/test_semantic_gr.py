@@ -279,7 +279,8 @@ def test_dpo_sft_weight_raises_the_chosen_ids_likelihood(trained, tiny, tmp_path
 
 
 def test_lora_trains_only_id_token_embeddings(tiny, sid_dir, tmp_path):
-    """LoRA + trainable_token_indices: the ID-token rows move, every other row stays."""
+    """LoRA + trainable_token_indices: the ID-token rows move, every other row but the
+    markers' stays."""
     from genret.semantic import SemanticIDRetriever
 
     r = SemanticIDRetriever(stage="sft", sid=str(sid_dir), preset="tiny", num_beams=4,
@@ -289,9 +290,13 @@ def test_lora_trains_only_id_token_embeddings(tiny, sid_dir, tmp_path):
     before = r.model.get_input_embeddings().weight.detach().clone()
     r.fit(tiny, out_dir=str(tmp_path))
     after = r.model.get_input_embeddings().weight.detach()
+    from genret.backbone import special_ids
+
     ids = torch.as_tensor(r.token_map[1:])
     other = torch.ones(len(after), dtype=torch.bool)
     other[ids] = False
+    sp = special_ids(r.tokenizer)
+    other[[sp.sep, sp.eos, sp.query, sp.title, sp.id]] = False  # the markers train under LoRA too
     assert torch.equal(after[other], before[other])
     assert (after[ids] - before[ids]).norm(dim=1).min() > 0
     assert r.model.lm_head.weight.data_ptr() == r.model.get_input_embeddings().weight.data_ptr()
