@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,14 +51,18 @@ class BM25Retriever(Retriever):
                               return_ids=return_ids, show_progress=False)
 
     def fit(self, dataset, **_) -> "BM25Retriever":
+        self._fitted_on(dataset)
+        self._reindex(dataset, False)
+        return self
+
+    def _reindex(self, dataset, progress: bool) -> None:
+        """BM25 has nothing trained: the statistics are rebuilt from the catalog."""
         import bm25s
 
-        self.catalog = dataset.catalog_fingerprint()
         self.product_ids = dataset.product_ids
         self.model = bm25s.BM25(k1=self.cfg.k1, b=self.cfg.b, method=self.cfg.method)
         self.model.index(self._tokenize(dataset.titles, True), show_progress=False)
         self._keys = tiebreak_keys(self.product_ids, self.cfg.seed)
-        return self
 
     def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
         if self.model is None:
@@ -72,9 +77,23 @@ class BM25Retriever(Retriever):
             run.add(qid, [self.product_ids[i] for i in idx], scores[idx])
         return run
 
+    def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
+        """Per query: the terms it is scored on (after stopwords and stemming) and the products."""
+        out = super().explain_batch(queries, k)
+        for detail, terms in zip(out, self._tokenize(queries, False)):
+            detail["terms"] = list(dict.fromkeys(terms))
+        return out
+
+    def highlights(self, title: str, detail: dict) -> list[tuple[int, int]]:
+        """The words of ``title`` whose BM25 terms are among the query's."""
+        words = list(re.finditer(r"\w+", title))
+        terms = set(detail["terms"])
+        return [w.span() for w, toks in zip(words, self._tokenize([w.group() for w in words], False))
+                if terms.intersection(toks)] if words and terms else []
+
     def save(self, path, overwrite: bool = False) -> None:
         with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg),
-                        n_products=len(self.product_ids), catalog=self.catalog) as tmp:
+                        n_products=len(self.product_ids), **self.catalog_info()) as tmp:
             self.model.save(str(tmp / "bm25s"))
             (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
 

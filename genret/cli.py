@@ -67,8 +67,26 @@ def _load_model(args, ds=None):
 
     retriever = load_retriever(args.model, getattr(args, "retriever", None))
     if ds is not None:
-        retriever.check_catalog(ds, where=f"the model at {args.model}")
+        retriever.check_catalog(ds, where=f"the model at {args.model}", model=args.model, data=args.data)
     return retriever
+
+
+def cmd_index(args) -> int:
+    from .artifact import read_manifest
+
+    kind = read_manifest(args.model, verify=False).get("kind")  # --out is checked before any loading
+    check_output_dir(args.out, kind, args.overwrite)
+    retriever = _load_model(args)
+    ds = _load_data(args)
+    t0 = time.perf_counter()
+    retriever.reindex(ds, progress=not args.quiet)
+    retriever.save(args.out, overwrite=args.overwrite)
+    n = retriever.reindexed
+    print(f"{kind} model {args.model} re-indexed on {ds.name} ({len(ds.catalog)} products: {n['added']} added, "
+          f"{n['removed']} removed, {n['kept']} kept; no retraining) in {time.perf_counter() - t0:.0f} s "
+          f"and saved to {args.out}; evaluate: genret eval --model {args.out}"
+          + (f" --data {args.data}" if args.data else ""))
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -243,14 +261,89 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def read_queries(path: str) -> list[tuple[str, str]]:
+    """(id, text) of a query file: TSV ``id<TAB>text`` lines, or one query per line (id = its
+    line number); which one is decided by the first non-blank line. Blank lines are skipped;
+    any other bad line is refused naming ``file:line``."""
+    try:
+        lines = Path(path).read_bytes().split(b"\n")
+    except OSError as e:
+        raise ValueError(f"cannot read the query file {path}: {e.strerror}") from None
+    out, seen, tsv = [], set(), None
+    for n, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{n}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        if tsv is None:
+            tsv = "\t" in line
+        if tsv:
+            parts = line.split("\t")
+            if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+                raise ValueError(f"{path}:{n}: expected 'id<TAB>query text' (as on the first line), got {line!r}")
+            qid, text = parts[0].strip(), parts[1].strip()
+            if any(c.isspace() for c in qid):
+                raise ValueError(f"{path}:{n}: query id {qid!r} holds whitespace, which a TREC run cannot hold")
+        elif "\t" in line:
+            raise ValueError(f"{path}:{n}: a tab in a one-query-per-line file (the first line has none); "
+                             "use 'id<TAB>text' on every line or no tabs at all")
+        else:
+            qid, text = str(n), line.strip()
+        if qid in seen:
+            raise ValueError(f"{path}:{n}: query id {qid!r} appears twice; ids must be unique")
+        seen.add(qid)
+        out.append((qid, text))
+    if not out:
+        raise ValueError(f"{path} holds no queries; give one query per line or 'id<TAB>text' lines")
+    return out
+
+
+def search_file(retriever, args) -> int:
+    """``search --queries``: the file's queries in batches of ``--batch``, a progress bar, and a
+    TREC run to ``--out`` (written whole or not at all) or to stdout."""
+    from tqdm.auto import tqdm
+
+    from .eval import Run
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        raise ValueError(f"{out} is a directory; --out names a run file")
+    if out is not None and out.exists() and not args.overwrite:
+        raise ValueError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    queries = read_queries(args.queries)
+    k = args.k or 1000
+    run = Run()
+    with tqdm(total=len(queries), desc="search", unit="q", disable=args.quiet) as bar:
+        for i in range(0, len(queries), args.batch):
+            part = retriever.search(dict(queries[i:i + args.batch]), k)
+            if out is None:  # stream: each batch as soon as it is searched
+                sys.stdout.writelines(f"{qid} Q0 {pid} {rank} {score:.6g} {retriever.kind}\n"
+                                      for qid, _ in queries[i:i + args.batch]
+                                      for rank, (pid, score) in enumerate(zip(part[qid].ids, part[qid].scores), 1))
+                sys.stdout.flush()
+            else:
+                run.update(part)
+            bar.update(len(part))
+    if out is not None:
+        run.write_trec(out, tag=retriever.kind)
+        print(f"{len(queries)} queries, top {k} each: TREC run written to {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_search(args) -> int:
+    if bool(args.query) == bool(args.queries):
+        raise ValueError("give either query words or --queries FILE (not both)")
     retriever = _load_model(args, _load_data(args) if args.data else None)
+    if args.queries:
+        return search_file(retriever, args)
     query = " ".join(args.query)
-    detail = retriever.explain(query, args.k)
+    detail = retriever.explain(query, args.k or 10)
     if args.json:
         print(json.dumps(detail, indent=2))
         return 0
-    for key in ("beams", "spans", "ids"):
+    for key in ("beams", "spans", "ids", "terms"):
         if key in detail:
             print(f"{key}:")
             items = detail[key].items() if isinstance(detail[key], dict) else detail[key]
@@ -260,6 +353,21 @@ def cmd_search(args) -> int:
     for rank, p in enumerate(detail["products"], start=1):
         print(f"  {rank:3d}. {p['score']:8.3f}  {p['id']}  {p.get('title', '')}")
     return 0
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535 (0: any free one), got {value!r}")
+    return int(value)
+
+
+def cmd_serve(args) -> int:
+    from .serve import listen, load_channels, serve
+
+    with listen(args.host, args.port) as sock:  # a busy port fails before the models load
+        ds = _load_data(args) if args.data else None
+        channels = load_channels(args.model, ds, args.data, args.batch_ms, args.max_batch)
+        return serve(sock, channels, ds, args.access_log)
 
 
 def _sid_table(rep: dict) -> str:
@@ -380,13 +488,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("search", help="search with a saved retriever and show why")
+    p = sub.add_parser("search", help="search with a saved retriever and show why, or run a query file")
     p.add_argument("--model", required=True, help="a saved retriever directory")
-    p.add_argument("query", nargs="+")
+    p.add_argument("query", nargs="*", help="query words (or --queries FILE)")
     _add_data(p, threshold=False)
-    p.add_argument("--k", type=_positive_int, default=10, help="products shown (>= 1)")
+    p.add_argument("--k", type=_positive_int, help="products per query (default 10; with --queries 1000)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--queries", metavar="FILE", help="a query file: 'id<TAB>text' lines or one query per line")
+    p.add_argument("--out", metavar="RUN.trec", help="with --queries: the TREC run file (default: stdout)")
+    p.add_argument("--batch", type=_positive_int, default=32, help="with --queries: queries per search call")
+    p.add_argument("--overwrite", action="store_true", help="with --queries: replace an existing --out file")
+    p.add_argument("--quiet", action="store_true", help="with --queries: no progress bar")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="a search page and a JSON API over saved retrievers, side by side")
+    p.add_argument("--model", required=True, action="append", help="a saved retriever directory "
+                                                                    "(repeat for more channels)")
+    _add_data(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free one)")
+    p.add_argument("--batch-ms", type=_finite_float, default=5.0,
+                   help="milliseconds a channel gathers concurrent requests into one search (default 5)")
+    p.add_argument("--max-batch", type=_positive_int, default=32, help="queries per search call, at most")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("index", help="re-index a saved retriever on a changed or new catalog (no retraining)")
+    p.add_argument("--model", required=True, help="a saved retriever directory")
+    _add_data(p, threshold=False)
+    p.add_argument("--out", required=True, help="output directory (the re-indexed retriever)")
+    _add_overwrite(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("sid", help="semantic IDs: build them for a catalog, report their sand-glass stats")
     sid = p.add_subparsers(dest="sid_command", required=True)

@@ -478,6 +478,7 @@ class DenseRetriever(Retriever):
         self.index = None
         self.product_ids: list[str] = []
         self.embeddings: np.ndarray | None = None
+        self.titles: dict[str, str] = {}  # of the indexed products (reindex re-encodes changed ones)
         self.identity: dict | None = None
         self.training: dict | None = None
         self.index_seconds: float | None = None
@@ -496,7 +497,7 @@ class DenseRetriever(Retriever):
         self._threads()
         if not dataset.catalog:
             raise ValueError(f"{dataset.name}: empty catalog; nothing to index")
-        self.catalog = dataset.catalog_fingerprint()
+        self._fitted_on(dataset)
         base = encoder_identity(self.cfg.encoder)
         if self.cfg.train:
             self.model = load_encoder(self.cfg.encoder, fresh=True)
@@ -508,12 +509,33 @@ class DenseRetriever(Retriever):
             self.model = load_encoder(self.cfg.encoder)
             self.identity = {**base, "fine_tuned": False}
         self._set_products(list(dataset.catalog))
-        titles = [dataset.catalog[p] for p in self.product_ids]
-        self.embeddings = self._encode_catalog(titles, progress)
+        self.titles = {p: dataset.catalog[p] for p in self.product_ids}
+        self.embeddings = self._encode_catalog(list(self.titles.values()), progress)
+        self._build()
+        return self
+
+    def _build(self) -> None:
         t0 = time.perf_counter()
         self.index = _build_index(self.embeddings, self.cfg)
         self.index_seconds = time.perf_counter() - t0
-        return self
+
+    def _reindex(self, dataset, progress: bool) -> None:
+        """The same encoder over the new catalog: vectors of kept products with unchanged
+        titles are reused, only new or retitled ones are encoded; the Faiss index (same
+        type; IVF re-trains its coarse quantiser) is rebuilt over all of them."""
+        self._threads()
+        row = {p: i for i, p in enumerate(self.product_ids)}
+        old, old_titles = self.embeddings, self.titles
+        self._set_products(list(dataset.catalog))
+        self.titles = {p: dataset.catalog[p] for p in self.product_ids}
+        same = np.array([p in row and old_titles.get(p) == self.titles[p] for p in self.product_ids])
+        kept, fresh = np.flatnonzero(same), np.flatnonzero(~same)
+        emb = np.zeros((len(self.product_ids), old.shape[1]), dtype=np.float32)
+        emb[kept] = old[[row[self.product_ids[i]] for i in kept]]
+        if len(fresh):
+            emb[fresh] = self._encode_catalog([self.titles[self.product_ids[i]] for i in fresh], progress)
+        self.embeddings = emb
+        self._build()
 
     def _set_products(self, pids: list[str]) -> None:
         """Store the products in canonical order (by tie-break key), whatever order the
@@ -566,9 +588,7 @@ class DenseRetriever(Retriever):
             raise RuntimeError("DenseRetriever.with_index before fit() or load()")
         other = copy.copy(self)
         other.cfg = _config(**{**asdict(self.cfg), **cfg, "index": index})
-        t0 = time.perf_counter()
-        other.index = _build_index(self.embeddings, other.cfg)
-        other.index_seconds = time.perf_counter() - t0
+        other._build()
         return other
 
     # -- search
@@ -646,10 +666,11 @@ class DenseRetriever(Retriever):
             np.save(tmp / "embeddings.npy", self.embeddings)
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
+            (tmp / "titles.json").write_text(json.dumps([self.titles.get(p) for p in self.product_ids]))
             (tmp / "encoder_identity.json").write_text(json.dumps(self.identity, indent=2))
 
     def _manifest_info(self) -> dict:
-        info = {"config": asdict(self.cfg), "encoder": self.identity, "catalog": self.catalog,
+        info = {"config": asdict(self.cfg), "encoder": self.identity, **self.catalog_info(),
                 "n_products": len(self.product_ids), "dim": int(self.embeddings.shape[1]),
                 "index_type": self.cfg.index, "ntotal": int(self.index.ntotal)}
         if self.cfg.index == "ivf":
@@ -695,6 +716,9 @@ class DenseRetriever(Retriever):
                                 f"{self.index.ntotal}, embeddings {len(self.embeddings)}); "
                                 "rebuild it")
         self.product_ids = pids
+        if (path / "titles.json").exists():  # older saves lack it: reindex() re-encodes every title
+            self.titles = {p: t for p, t in zip(pids, json.loads((path / "titles.json").read_text()))
+                           if t is not None}
         self._keys = tiebreak_keys(pids, self.cfg.seed)
         if self.cfg.index == "ivf":
             self.set_nprobe(self.cfg.nprobe)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numba import njit
 from tqdm.auto import tqdm
 
 from .artifact import ArtifactError, atomic_dir, read_manifest, reads_artifact
@@ -99,24 +100,74 @@ def span_weights(hyps, constraint: FMIndexSpanConstraint, n_tokens: int,
     marginal probability that a beam contains n (beam probabilities renormalised over the
     returned beams), capped at ``prob_cap``, and ``P(n) = count(n) / n_tokens`` is its
     corpus frequency. A span in every beam has P(n|q) -> 1 and an unbounded weight; the
-    cap bounds its lead over the rarity term log((1 - P(n)) / P(n))."""
+    cap bounds its lead over the rarity term log((1 - P(n)) / P(n)). The counts of all
+    spans come from one FM-index call."""
     if not hyps:
         return {}
     s = np.array([h.score for h in hyps])
     p = np.exp(s - s.max())
     p /= p.sum()
-    marg: dict[tuple, float] = {}
-    for h, pb in zip(hyps, p):
+    first: dict[tuple, int] = {}  # span -> its index, in first-seen order
+    span_of, beam_of = [], []
+    for b, h in enumerate(hyps):
         for span in set(constraint.spans(h.tokens)):
-            marg[span] = marg.get(span, 0.0) + pb
-    out = {}
-    for span, pq in marg.items():
-        pq = min(pq, prob_cap)
-        prior = max(constraint.index.count(np.array(span)), 1) / n_tokens
-        w = np.log(pq * (1 - prior) / (prior * (1 - pq)))
-        if w > 0:
-            out[span] = float(w)
-    return out
+            span_of.append(first.setdefault(span, len(first)))
+            beam_of.append(b)
+    if not first:
+        return {}
+    marg = np.zeros(len(first))
+    np.add.at(marg, np.array(span_of), p[np.array(beam_of)])
+    lo, hi = constraint.index.range_batch(list(first))
+    pq = np.minimum(marg, prob_cap)
+    prior = np.maximum(hi - lo, 1) / n_tokens
+    w = np.log(pq * (1 - prior) / (prior * (1 - pq)))
+    return {span: float(w[i]) for span, i in first.items() if w[i] > 0}
+
+
+@njit(cache=True)
+def _coverage_scores(offsets, bounds, lengths, weights, n_occ, doc_starts, max_occurrences):
+    """The loop of :func:`score_products` over spans (heaviest first) and their occurrences."""
+    n_docs = doc_starts.size - 1
+    score = np.zeros(n_docs)
+    found = np.zeros(n_docs, np.bool_)
+    covered = np.zeros(doc_starts[-1], np.bool_)
+    best = np.zeros(n_docs)
+    stamp = np.full(n_docs, -1, np.int64)
+    docs = np.empty(offsets.size, np.int64)
+    keep = np.empty(offsets.size, np.int64)
+    fresh = np.empty(offsets.size)
+    for s in range(weights.size):
+        length = lengths[s]
+        k = 0
+        for j in range(bounds[s], bounds[s + 1]):
+            off = offsets[j]
+            d = np.searchsorted(doc_starts, off, "right") - 1
+            if n_occ[s] > max_occurrences and not found[d]:
+                continue  # a very frequent span only adds to products other spans found
+            c = 0
+            for t in range(length):
+                c += covered[off + t]
+            docs[k] = d
+            keep[k] = off
+            fresh[k] = 1.0 - c / length
+            k += 1
+        seen = 0
+        for j in range(k):
+            for t in range(length):
+                covered[keep[j] + t] = True
+            d = docs[j]
+            v = weights[s] * fresh[j]
+            if stamp[d] != s:
+                stamp[d] = s
+                best[d] = v
+                docs[seen] = d  # docs[:seen] = this span's distinct products (j >= seen)
+                seen += 1
+            elif v > best[d]:
+                best[d] = v
+        for j in range(seen):
+            score[docs[j]] += best[docs[j]]
+            found[docs[j]] = True
+    return score, found
 
 
 def score_products(index, weights: dict[tuple, float], doc_starts: np.ndarray,
@@ -124,32 +175,40 @@ def score_products(index, weights: dict[tuple, float], doc_starts: np.ndarray,
     """Products matched by the spans and their scores: Σ over spans (heaviest first) of
     ``w(n) × (fraction of the occurrence's tokens not yet covered by a heavier span)``,
     one occurrence per product per span (non-overlapping matches, coverage). Spans with
-    more than ``max_occurrences`` occurrences only add to products other spans found."""
-    n_docs = len(doc_starts) - 1
-    score = np.zeros(n_docs)
-    found = np.zeros(n_docs, dtype=bool)
-    covered = np.zeros(int(doc_starts[-1]), dtype=bool)
-    for span, w in sorted(weights.items(), key=lambda kv: -kv[1]):
-        rng = index.range(np.array(span))
-        n = rng[1] - rng[0]
-        if n == 0:
-            continue
-        off = index.locate(rng, limit=max_occurrences)
-        docs = np.searchsorted(doc_starts, off, "right") - 1
-        if n > max_occurrences:
-            keep = found[docs]
-            off, docs = off[keep], docs[keep]
-        if not len(off):
-            continue
-        cols = off[:, None] + np.arange(len(span))[None, :]
-        fresh = 1.0 - covered[cols].mean(axis=1)
-        covered[cols] = True
-        contrib = np.zeros(n_docs)
-        np.maximum.at(contrib, docs, w * fresh)
-        score += contrib
-        found[docs] = True
+    more than ``max_occurrences`` occurrences only add to products other spans found.
+    One FM-index call finds the spans, one locates them, one compiled loop scores."""
+    items = sorted(weights.items(), key=lambda kv: -kv[1])
+    doc_starts = np.asarray(doc_starts, dtype=np.int64)
+    if not items:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    spans = [span for span, _ in items]
+    lo, hi = index.range_batch(spans)
+    lengths = np.array([len(span) for span in spans], dtype=np.int64)
+    offsets, bounds = index.locate_batch(lo, hi, lengths, limit=max_occurrences)
+    score, found = _coverage_scores(offsets, bounds, lengths, np.array([w for _, w in items]), hi - lo,
+                                    doc_starts, max_occurrences)
     hit = np.flatnonzero(found)
     return hit, score[hit]
+
+
+def span_offsets(title: str, spans) -> list[tuple[int, int]]:
+    """Character ranges [start, end) of ``title`` where any decoded span text occurs,
+    merged and in order. Case and the spacing a tokenizer puts around punctuation are
+    ignored (a WordPiece "3 / 4 in." matches "3/4 in."); spans match whole words only."""
+    hits = []
+    for span in spans:
+        chars = "".join(span.split())
+        if chars:
+            pattern = (r"(?<!\w)" if chars[0].isalnum() else "") + r"\s*".join(map(re.escape, chars)) \
+                + (r"(?!\w)" if chars[-1].isalnum() else "")
+            hits += [m.span() for m in re.finditer(pattern, title, re.IGNORECASE)]
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(hits):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 # ----------------------------------------------------------------------------- DPO pairs
@@ -219,6 +278,11 @@ class MultispanRetriever(Retriever):
         self.index = FMIndex.build(self.title_ids, vocab_size=len(self.tokenizer),
                                    tokenizer=self.tokenizer_identity)
         self._prepare(np.array([len(t) for t in self.title_ids], dtype=np.int64))
+
+    def _reindex(self, dataset, progress: bool) -> None:
+        """The trained model over the new catalog: the FM-index and the title tables
+        (token ids, document starts, tie-break keys) are rebuilt."""
+        self._setup_catalog(dataset)
 
     def _prepare(self, lengths: np.ndarray) -> None:
         from .backbone import special_ids, word_starts
@@ -292,7 +356,7 @@ class MultispanRetriever(Retriever):
         settings and data resumes there), else to a temporary folder."""
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
-        self.catalog = dataset.catalog_fingerprint()
+        self._fitted_on(dataset)
         self._load_start(dataset)
         self._setup_catalog(dataset)
         with work_dir(out_dir, "genret-multispan-") as work:
@@ -361,20 +425,29 @@ class MultispanRetriever(Retriever):
             run.add(qid, ids, scores)
         return run
 
-    def explain(self, query: str, k: int = 10) -> dict:
-        hs = self.decode(list(as_queries(query).values()))[0]
-        ids, scores, w = self._rank(hs, k)
-        return {"query": query,
-                "beams": [{"text": h.text, "score": h.score} for h in hs],
-                "spans": {self.tokenizer.decode(list(s)): wt for s, wt in sorted(w.items(), key=lambda kv: -kv[1])},
-                "products": [{"id": p, "score": float(s), "title": self.titles.get(p, "")}
-                             for p, s in zip(ids, scores)]}
+    def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
+        """Per query: the decoded beams, the span weights, and the products with the
+        character ranges of the spans in each title (``matches``); one decode for all."""
+        out = []
+        for query, hs in zip(queries, self.decode(list(as_queries(queries).values()))):
+            ids, scores, w = self._rank(hs, k)
+            detail = {"query": query, "beams": [{"text": h.text, "score": h.score} for h in hs],
+                      "spans": {self.tokenizer.decode(list(s)): wt
+                                for s, wt in sorted(w.items(), key=lambda kv: -kv[1])},
+                      "products": self._products(ids, scores)}
+            for p in detail["products"]:
+                p["matches"] = self.highlights(p.get("title", ""), detail)
+            out.append(detail)
+        return out
+
+    def highlights(self, title: str, detail: dict) -> list[tuple[int, int]]:
+        return span_offsets(title, detail["spans"])
 
     # -- storage -------------------------------------------------------------
     def save(self, path, overwrite: bool = False) -> None:
         with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg), info=self.info,
                         tokenizer=self.tokenizer_identity, n_products=len(self.product_ids),
-                        catalog=self.catalog) as tmp:
+                        **self.catalog_info()) as tmp:
             self.model.save_pretrained(tmp / "model")
             self.tokenizer.save_pretrained(tmp / "model")
             self.index.save(tmp / "fm_index")

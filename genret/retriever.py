@@ -52,6 +52,19 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
     "gr-sid-drop-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "prune": "drop"}),
     "gr-sid-adaptive-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft", "prune": "adaptive"}),
     "gr-sid-adaptive-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "prune": "adaptive"}),
+    # the same channels on the pretrained MiniLM backbone (prefix-LM; genret.minilm)
+    "gr-multispan-minilm-sft": ("genret.lexical", "MultispanRetriever", {"stage": "sft", "backbone": "minilm"}),
+    "gr-multispan-minilm-dpo": ("genret.lexical", "MultispanRetriever", {"stage": "dpo", "backbone": "minilm"}),
+    "gr-sid-minilm-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft", "backbone": "minilm"}),
+    "gr-sid-minilm-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "backbone": "minilm"}),
+    "gr-sid-minilm-drop-sft": ("genret.semantic", "SemanticIDRetriever",
+                               {"stage": "sft", "prune": "drop", "backbone": "minilm"}),
+    "gr-sid-minilm-drop-dpo": ("genret.semantic", "SemanticIDRetriever",
+                               {"stage": "dpo", "prune": "drop", "backbone": "minilm"}),
+    "gr-sid-minilm-adaptive-sft": ("genret.semantic", "SemanticIDRetriever",
+                                   {"stage": "sft", "prune": "adaptive", "backbone": "minilm"}),
+    "gr-sid-minilm-adaptive-dpo": ("genret.semantic", "SemanticIDRetriever",
+                                   {"stage": "dpo", "prune": "adaptive", "backbone": "minilm"}),
     "semantic-id": ("genret.semantic", "SemanticIDRetriever", {}),
 }
 
@@ -61,7 +74,9 @@ class Retriever:
 
     kind = "retriever"
     version = 1
-    catalog: str | None = None  # Dataset.catalog_fingerprint() of the catalog it was fitted on
+    catalog: str | None = None  # Dataset.catalog_fingerprint() of the catalog it indexes
+    trained_catalog: str | None = None  # ... of the one it was trained on (None: the same)
+    reindexed: dict | None = None  # products added/removed/kept by the last reindex()
     search_settings: tuple[str, ...] = ()  # config fields a saved retriever may change
 
     def configure(self, **settings) -> "Retriever":
@@ -80,36 +95,81 @@ class Retriever:
     def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
         raise NotImplementedError
 
+    def reindex(self, dataset, progress: bool = False) -> "Retriever":
+        """Index ``dataset``'s catalog with the trained model unchanged: rebuild what
+        depends on the catalog (products added, removed or retitled), no training. The
+        catalog it was trained on stays recorded as ``trained_catalog``."""
+        old, new = set(getattr(self, "product_ids", None) or []), set(dataset.catalog)
+        if not old:
+            raise RuntimeError(f"{type(self).__name__}.reindex before fit() or load()")
+        if not new:
+            raise ValueError(f"{dataset.name}: empty catalog; nothing to index")
+        self._reindex(dataset, progress)
+        self.trained_catalog = self.trained_catalog or self.catalog
+        self.catalog = dataset.catalog_fingerprint()
+        self.reindexed = {"added": len(new - old), "removed": len(old - new), "kept": len(new & old)}
+        return self
+
+    def _reindex(self, dataset, progress: bool) -> None:
+        raise NotImplementedError
+
+    def _fitted_on(self, dataset) -> None:
+        """Record ``dataset``'s catalog as the one this retriever is trained on and indexes."""
+        self.catalog, self.trained_catalog, self.reindexed = dataset.catalog_fingerprint(), None, None
+
+    def catalog_info(self) -> dict:
+        """Manifest fields naming the catalog indexed, the one trained on and the last reindex."""
+        info = {"catalog": self.catalog, "trained_catalog": self.trained_catalog or self.catalog}
+        return info | ({"reindexed": self.reindexed} if self.reindexed else {})
+
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> None:
         """Save atomically to ``path``: absent, empty, or an artifact of this kind
         (``overwrite``: also one of another kind); never a user's folder."""
         raise NotImplementedError
 
     def explain(self, query: str, k: int = 10) -> dict:
-        """One query's products (with titles when the retriever keeps them) and, for
-        generative retrievers, what was decoded."""
-        r = self.search({"q": query}, k).get("q")
+        """One query's products (with titles when the retriever keeps them) and what the
+        retriever decoded or weighted for it (see :meth:`explain_batch`)."""
+        return self.explain_batch([query], k)[0]
+
+    def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
+        """:meth:`explain` of several queries with one ``search`` call; generative, sparse
+        and BM25 retrievers add what they decoded, weighted or matched."""
+        run = self.search({str(i): q for i, q in enumerate(queries)}, k)
+        return [{"query": q, "products": self._products(r.ids, r.scores) if (r := run.get(str(i))) else []}
+                for i, q in enumerate(queries)]
+
+    def _products(self, ids, scores) -> list[dict]:
         titles = getattr(self, "titles", None) or {}
-        return {"query": query, "products": [
-            {"id": p, "score": float(s), **({"title": titles[p]} if p in titles else {})}
-            for p, s in zip(r.ids, r.scores)] if r else []}
+        return [{"id": p, "score": float(s), **({"title": titles[p]} if p in titles else {})}
+                for p, s in zip(ids, scores)]
+
+    def highlights(self, title: str, detail: dict) -> list[tuple[int, int]]:
+        """Character ranges [start, end) of ``title`` that one query's :meth:`explain`
+        ``detail`` matched, in order; none for a retriever that matches no literal text."""
+        return []
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Retriever":
         manifest = read_manifest(path, kind=cls.kind, version=cls.version)
         self = cls._load(Path(path))
         self.catalog = manifest.get("catalog")
+        self.trained_catalog = manifest.get("trained_catalog")
+        self.reindexed = manifest.get("reindexed")
         return self
 
-    def check_catalog(self, dataset, where: str = "the model") -> None:
-        """Refuse a dataset whose catalog differs from the one this retriever was fitted
-        on (its index would silently miss or misname products)."""
+    def check_catalog(self, dataset, where: str = "the model", model: str | None = None,
+                      data: str | None = None) -> None:
+        """Refuse a dataset whose catalog differs from the one this retriever indexes (its
+        index would silently miss or misname products); the error names the ``genret
+        index`` command (with ``model`` and ``data`` filled in when given) that fixes it."""
+        fix = (f"re-index it with `genret index --model {model or 'M'} --data {data or 'D'} "
+               "--out M2` (or retrain it on this data)")
         if self.catalog is None:
-            raise ArtifactError(f"{where} records no catalog fingerprint (saved by an older genret); "
-                                "retrain it on this data")
+            raise ArtifactError(f"{where} records no catalog fingerprint (saved by an older genret); {fix}")
         if self.catalog != dataset.catalog_fingerprint():
             raise ArtifactError(f"{where} was fitted on another catalog than {dataset.name}'s "
-                                f"({len(dataset.catalog)} products); retrain it on this data")
+                                f"({len(dataset.catalog)} products); {fix}")
 
     @classmethod
     def _load(cls, path: Path) -> "Retriever":

@@ -289,17 +289,10 @@ class SemanticIDRetriever(Retriever):
         settings and data resumes there), else to a temporary folder."""
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
-        self.catalog = dataset.catalog_fingerprint()
+        self._fitted_on(dataset)
         self._load_start(dataset)
         self._check_catalog(dataset)
-        self.titles = dict(dataset.catalog)
-        new = self.add_id_tokens([self.titles[p] for p in self.sids.item_ids])
-        self._prepare()
-        rep = self.sids.report()
-        self.info.update(sid={k: rep[k] for k in ("n_items", "quantizer", "levels_x_codebook", "prune",
-                                                   "pruned_level", "collision_rate", "mean_length",
-                                                   "max_length", "vocab_size")},
-                         id_tokens_added=len(new))
+        self._index_ids(dataset, "id_tokens_added")
         with work_dir(out_dir, "genret-sid-") as work:
             if not (self.init and self.info.get("stage") in ("sft", "dpo")):
                 ex = self.examples(dataset, rng)
@@ -315,6 +308,30 @@ class SemanticIDRetriever(Retriever):
                 self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0, **stats)
         self.model.eval()
         return self
+
+    def _index_ids(self, dataset, counter: str) -> None:
+        """Titles, ID tokens (new ones initialised by :meth:`init_id_embeddings`; their number
+        goes to ``info[counter]``), trie constraint and ID statistics for ``self.sids``."""
+        self.titles = dict(dataset.catalog)
+        new = self.add_id_tokens([self.titles[p] for p in self.sids.item_ids])
+        self._prepare()
+        rep = self.sids.report()
+        self.info.update(sid={k: rep[k] for k in ("n_items", "quantizer", "levels_x_codebook", "prune",
+                                                   "pruned_level", "collision_rate", "mean_length",
+                                                   "max_length", "vocab_size")})
+        self.info[counter] = len(new)
+
+    def _reindex(self, dataset, progress: bool) -> None:
+        """The trained model over the new catalog: products it was trained on keep their
+        IDs (a retitled product too: the model learned it); new ones get IDs from the saved
+        quantiser with its codebooks frozen (:meth:`semantic_id.SemanticIDs.reindex`:
+        same encoder, same pruning rule, collisions resolved on the disambiguation level);
+        the trie is rebuilt and ID tokens the new IDs need are added to the tokenizer and
+        the model, initialised as at training time."""
+        self.sids = self.sids.reindex(dataset.product_ids, dataset.titles, cache_dir=embedding_cache(),
+                                      progress=progress)
+        self._index_ids(dataset, "id_tokens_added_by_reindex")
+        self.model.eval()
 
     def mine_pairs(self, dataset, rng: np.random.Generator) -> tuple[list[dict], dict]:
         """Preference pairs from the model's own beams on train queries: chosen = the best
@@ -380,16 +397,19 @@ class SemanticIDRetriever(Retriever):
             run.add(qid, ids, scores)
         return run
 
-    def explain(self, query: str, k: int = 10) -> dict:
-        hs = self.decode(list(as_queries(query).values()))[0]
-        beams = self.beams(hs)[0]
-        ids, scores = self._rank(hs, k)
-        return {"query": query,
-                "beams": [{"id": self.id_text(i), "score": s, "product": self.sids.item_ids[i]}
-                          for i, s, _ in beams],
-                "ids": {self.id_text(i): self.sids.item_ids[i] for i, _, _ in beams},
-                "products": [{"id": p, "score": float(s), "title": self.titles.get(p, "")}
-                             for p, s in zip(ids, scores)]}
+    def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
+        """Per query: the decoded IDs with their products, and the ranked products; one
+        decode for all."""
+        out = []
+        for query, hs in zip(queries, self.decode(list(as_queries(queries).values()))):
+            beams = self.beams(hs)[0]
+            ids, scores = self._rank(hs, k)
+            out.append({"query": query,
+                        "beams": [{"id": self.id_text(i), "score": s, "product": self.sids.item_ids[i]}
+                                  for i, s, _ in beams],
+                        "ids": {self.id_text(i): self.sids.item_ids[i] for i, _, _ in beams},
+                        "products": self._products(ids, scores)})
+        return out
 
     # -- storage -------------------------------------------------------------
     def save(self, path, overwrite: bool = False) -> None:
@@ -398,7 +418,7 @@ class SemanticIDRetriever(Retriever):
         if self.model is None:
             raise RuntimeError("SemanticIDRetriever.save before fit()")
         with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg), info=self.info,
-                        tokenizer=self.tokenizer_identity, n_products=len(self.sids), catalog=self.catalog,
+                        tokenizer=self.tokenizer_identity, n_products=len(self.sids), **self.catalog_info(),
                         id_tokens=len(self.token_map) - 1) as tmp:
             save_backbone(self.model, self.tokenizer, tmp / "model", preset=self.cfg.preset)
             self.sids.save(tmp / "sid")

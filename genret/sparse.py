@@ -814,7 +814,7 @@ class SparseRetriever(Retriever):
                 raise ValueError(f"unknown {self.kind} setting(s) {bad}; known: {sorted(known)}")
             self.cfg = replace(self.cfg, **cfg)
         torch.manual_seed(self.cfg.seed)
-        self.catalog = dataset.catalog_fingerprint()
+        self._fitted_on(dataset)
         self.encoder = SparseEncoder.from_pretrained(self.cfg, dataset).to(self._device())
         t0 = time.perf_counter()
         if self.encoder.kind == "encoder" and self.encoder.identity.get("mlm_head") != "from checkpoint":
@@ -830,6 +830,16 @@ class SparseRetriever(Retriever):
         self.info["train_seconds"] = round(time.perf_counter() - t0, 1)
         self.index_catalog(dataset, progress)
         return self
+
+    @property
+    def product_ids(self) -> list[str]:
+        return self.index.product_ids if self.index is not None else []
+
+    def _reindex(self, dataset, progress: bool) -> None:
+        """The trained encoder over the new catalog: product representations and the
+        inverted index are rebuilt."""
+        self._check()
+        self.index_catalog(dataset, progress)
 
     def index_catalog(self, dataset, progress: bool = True) -> None:
         t0 = time.perf_counter()
@@ -860,6 +870,14 @@ class SparseRetriever(Retriever):
                 run.add(q, [self.index.product_ids[i] for i in idx], scores)
         return run
 
+    def explain_batch(self, queries: list[str], k: int = 10, n_terms: int = 15) -> list[dict]:
+        """Per query: its ``n_terms`` heaviest terms (``literal``: a token of the query, else
+        an expansion) and the products."""
+        out = super().explain_batch(queries, k)
+        for detail, rec in zip(out, term_case_study(self, queries, n_terms, with_top_product=False)):
+            detail["terms"] = rec["terms"]
+        return out
+
     def flops(self, queries) -> float:
         """The # FLOPS figure of these queries (after pruning) against the index."""
         self._check()
@@ -877,7 +895,7 @@ class SparseRetriever(Retriever):
         with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg),
                         backbone=enc.identity, backbone_kind=enc.kind,
                         index_shape=list(self.index.postings.shape),
-                        n_products=len(self.index.product_ids), catalog=self.catalog, info=self.info,
+                        n_products=len(self.index.product_ids), **self.catalog_info(), info=self.info,
                         train_log=self.train_log) as tmp:
             enc.save_backbone(tmp / "backbone")
             save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()} or

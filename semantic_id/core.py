@@ -15,7 +15,8 @@ from .artifact import SemanticIDError, atomic_dir, load_npy, read_manifest
 from .diagnostics import (conditional_entropies, dominant_level, level_counts, level_stats, path_sparsity,
                           plot_levels)
 from .encoders import embed_texts
-from .ids import PRUNE_MODES, TokenSpace, check_top_k, disambiguate, id_sequences, prune_mask, tiebreak_keys
+from .ids import (PRUNE_MODES, TokenSpace, check_top_k, disambiguate, extend_dedup, id_sequences, prune_mask,
+                  pruned_codes, tiebreak_keys)
 from .quantizers import QUANTIZERS, check_embeddings, check_shape, make_quantizer, quantizer_from_arrays
 from .trie import PrefixTrie
 
@@ -25,7 +26,9 @@ KIND, VERSION = "semantic_id.ids", 1
 @dataclasses.dataclass
 class SemanticIDConfig:
     """How to build semantic IDs. ``prune_level`` (1-based) overrides the dominant level;
-    ``top_k`` is used by ``prune="adaptive"``; ``encoder`` None = packaged all-MiniLM-L6-v2."""
+    ``top_k`` is used by ``prune="adaptive"``, ``prune_codes`` (set by
+    :meth:`SemanticIDs.reindex`) fixes the codes it prunes; ``encoder`` None = packaged
+    all-MiniLM-L6-v2."""
 
     quantizer: str = "rkmeans"
     levels: int = 3
@@ -33,6 +36,7 @@ class SemanticIDConfig:
     prune: str = "none"
     top_k: int = 16
     prune_level: int | None = None
+    prune_codes: tuple[int, ...] | None = None
     seed: int = 0
     encoder: str | None = None
     encode_batch_size: int = 64
@@ -57,6 +61,11 @@ class SemanticIDConfig:
         if self.prune == "drop" and self.levels == 1:
             raise SemanticIDError("cannot drop the only level; use levels >= 2 or prune='adaptive'")
         self.rqvae_hidden = tuple(int(h) for h in self.rqvae_hidden)
+        if self.prune_codes is not None:
+            self.prune_codes = tuple(int(c) for c in self.prune_codes)
+            if self.prune != "adaptive" or not all(0 <= c < self.codebook for c in self.prune_codes):
+                raise SemanticIDError(f"prune_codes {list(self.prune_codes)} need prune='adaptive' and codes "
+                                      f"in 0..{self.codebook - 1}")
 
     def quantizer_options(self) -> dict:
         if self.quantizer == "rkmeans":
@@ -67,6 +76,7 @@ class SemanticIDConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["rqvae_hidden"] = list(self.rqvae_hidden)
+        d["prune_codes"] = None if self.prune_codes is None else list(self.prune_codes)
         return d
 
     @classmethod
@@ -81,12 +91,13 @@ class SemanticIDs:
     """Codes of a catalog and the IDs derived from them (pruning, dedup, flat tokens, trie).
 
     ``codes`` (n, L): quantiser codes before pruning. ``keep`` (n, L): the (item, level)
-    pairs the IDs keep. ``dedup`` (n,): disambiguation code, -1 where none. ``tokens`` /
-    ``offsets``: flat IDs in CSR form, each ending with ``<eos_id>`` (index 0).
+    pairs the IDs keep. ``dedup`` (n,): disambiguation code, -1 where none (computed from
+    the codes unless given, as :meth:`reindex` does). ``tokens`` / ``offsets``: flat IDs in
+    CSR form, each ending with ``<eos_id>`` (index 0).
     """
 
     def __init__(self, item_ids: list[str], codes: np.ndarray, config: SemanticIDConfig,
-                 encoder: str = "", quantizer=None, info: dict | None = None):
+                 encoder: str = "", quantizer=None, info: dict | None = None, dedup: np.ndarray | None = None):
         self.item_ids = [str(i) for i in item_ids]
         self.codes = np.ascontiguousarray(codes, dtype=np.int32)
         self.config, self.encoder, self.quantizer, self.info = config, encoder, quantizer, dict(info or {})
@@ -99,10 +110,12 @@ class SemanticIDs:
         if self.codes.min() < 0 or self.codes.max() >= config.codebook:
             raise SemanticIDError(f"codes outside 0..{config.codebook - 1}")
         self.keep, self.pruned_level = prune_mask(self.codes, config.codebook, config.prune,
-                                                  config.top_k, config.prune_level)
+                                                  config.top_k, config.prune_level, config.prune_codes)
         ties = tiebreak_keys(self.item_ids, config.seed)
         self.collision_rate = disambiguate(self.codes, np.ones_like(self.keep), ties)[1]
         self.dedup, self.collision_rate_pruned = disambiguate(self.codes, self.keep, ties)
+        if dedup is not None:
+            self.dedup = _check_dedup(dedup, self.codes, self.keep)
         self.space = TokenSpace(L, config.codebook, int(self.dedup.max()) + 1)
         self.tokens, self.offsets = id_sequences(self.codes, self.keep, self.dedup, self.space)
         self.tokens.flags.writeable = self.offsets.flags.writeable = False
@@ -131,8 +144,59 @@ class SemanticIDs:
     def with_pruning(self, prune: str, top_k: int | None = None, prune_level: int | None = None) -> SemanticIDs:
         """The same codes with another pruning (no refit)."""
         cfg = dataclasses.replace(self.config, prune=prune, top_k=self.config.top_k if top_k is None else top_k,
-                                  prune_level=prune_level)
+                                  prune_level=prune_level, prune_codes=None)
         return SemanticIDs(self.item_ids, self.codes, cfg, self.encoder, self.quantizer, self.info)
+
+    def frozen_config(self) -> SemanticIDConfig:
+        """This config with its pruning rule fixed (the pruned level and, for adaptive, the
+        pruned codes), so that items added later are pruned the way these were."""
+        c = self.config
+        if c.prune == "none":
+            return c
+        codes = c.prune_codes
+        if c.prune == "adaptive" and codes is None:
+            codes = pruned_codes(self.codes, c.codebook, c.top_k, self.pruned_level)
+        return dataclasses.replace(c, prune_level=self.pruned_level, prune_codes=codes)
+
+    def reindex(self, item_ids: list[str], texts: list[str], cache_dir: str | os.PathLike | None = None,
+                progress: bool = True) -> SemanticIDs:
+        """IDs for the catalog ``item_ids`` (``texts``: one per item) with the codebooks
+        frozen. Items of this set keep their IDs; new items are encoded with the same
+        encoder, quantised by the saved quantiser, pruned by the same rule
+        (:meth:`frozen_config`) and, where their kept codes are taken, given the next free
+        code of the disambiguation level (:func:`extend_dedup`); items not in ``item_ids``
+        are dropped. ``info["reindexed"]`` counts the items added, removed and kept."""
+        _check_catalog(item_ids, len(texts))
+        item_ids = [str(i) for i in item_ids]
+        pos = {p: i for i, p in enumerate(self.item_ids)}
+        new = np.array([p not in pos for p in item_ids])
+        codes = np.zeros((len(item_ids), self.config.levels), dtype=np.int32)
+        old_rows = np.flatnonzero(~new)
+        codes[old_rows] = self.codes[[pos[item_ids[j]] for j in old_rows]]
+        dedup = np.full(len(item_ids), -1, dtype=np.int32)
+        dedup[old_rows] = self.dedup[[pos[item_ids[j]] for j in old_rows]]
+        if new.any():
+            codes[new] = self._quantize_new([texts[j] for j in np.flatnonzero(new)], cache_dir, progress)
+        cfg = self.frozen_config()
+        keep = prune_mask(codes, cfg.codebook, cfg.prune, cfg.top_k, cfg.prune_level, cfg.prune_codes)[0]
+        dedup = extend_dedup(codes, keep, dedup, new, tiebreak_keys(item_ids, cfg.seed))
+        info = {**self.info, "reindexed": {"added": int(new.sum()), "removed": len(self) - len(old_rows),
+                                           "kept": len(old_rows)}}
+        return SemanticIDs(item_ids, codes, cfg, self.encoder, self.quantizer, info, dedup)
+
+    def _quantize_new(self, texts: list[str], cache_dir, progress: bool) -> np.ndarray:
+        """Codes of new items' texts: the IDs' encoder, then the saved quantiser."""
+        from .encoders import Encoder
+
+        if self.quantizer is None:
+            raise SemanticIDError("these semantic IDs were saved without their quantiser, so new items "
+                                  "cannot get IDs; rebuild them with `genret sid build`")
+        enc = Encoder(self.config.encoder, batch_size=self.config.encode_batch_size)
+        emb, identity = embed_texts(list(texts), enc, cache_dir, progress)
+        if self.encoder and identity != self.encoder:
+            raise SemanticIDError(f"the encoder here ({identity}) is not the one the IDs were built with "
+                                  f"({self.encoder}); install that encoder or rebuild the IDs")
+        return self.quantizer.encode(emb)
 
     def report(self) -> dict:
         return sandglass_report(self)
@@ -151,6 +215,7 @@ class SemanticIDs:
         with atomic_dir(path, KIND, VERSION, overwrite, **info) as tmp:
             (tmp / "item_ids.json").write_text(json.dumps(self.item_ids))
             np.save(tmp / "codes.npy", self.codes)
+            np.save(tmp / "dedup.npy", self.dedup)
             np.save(tmp / "tokens.npy", self.tokens)
             np.save(tmp / "offsets.npy", self.offsets)
             if self.quantizer is not None:
@@ -179,13 +244,25 @@ class SemanticIDs:
         if m.get("quantizer"):
             arrays = {f.stem: load_npy(f) for f in sorted((path / "quantizer").glob("*.npy"))}
             quantizer = quantizer_from_arrays(m["quantizer"], arrays)
+        dedup = load_npy(path / "dedup.npy") if (path / "dedup.npy").exists() else None  # older saves: recomputed
         sids = cls(item_ids, codes, SemanticIDConfig.from_dict(m["config"]), m.get("encoder", ""),
-                   quantizer, m.get("info"))
+                   quantizer, m.get("info"), dedup)
         if not (np.array_equal(sids.tokens, load_npy(path / "tokens.npy"))
                 and np.array_equal(sids.offsets, load_npy(path / "offsets.npy"))):
             raise SemanticIDError(f"{path}: stored IDs differ from the ones recomputed from its codes "
                                   "(built by another semantic_id version?); rebuild it")
         return sids
+
+
+def _check_dedup(dedup, codes: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Given disambiguation codes, checked: one per item, >= -1, and IDs that stay unique."""
+    dedup = np.asarray(dedup)
+    if dedup.shape != (len(codes),) or dedup.dtype.kind not in "iu" or (len(dedup) and dedup.min() < -1):
+        raise SemanticIDError(f"dedup must be one integer >= -1 per item ({len(codes)}), got shape {dedup.shape}")
+    rows = np.column_stack([np.where(keep, codes, -1), dedup])
+    if len(np.unique(rows, axis=0)) != len(rows):
+        raise SemanticIDError("the disambiguation codes leave two items with the same ID; rebuild the IDs")
+    return dedup.astype(np.int32)
 
 
 def _check_catalog(item_ids: list[str], n: int) -> None:

@@ -75,13 +75,23 @@ def check_top_k(top_k: int, codebook: int) -> None:
         raise SemanticIDError(f"top_k must be in 1..{codebook} (the codebook size), got {top_k}")
 
 
+def pruned_codes(codes: np.ndarray, codebook: int, top_k: int, level: int) -> tuple[int, ...]:
+    """The ``top_k`` most frequent codes of ``level`` (1-based; ties by code): what
+    adaptive pruning removes there."""
+    check_top_k(top_k, codebook)
+    counts = level_counts(codes[:, level - 1:level], codebook)[0]
+    return tuple(sorted(int(c) for c in np.argsort(-counts, kind="stable")[:top_k]))
+
+
 def prune_mask(codes: np.ndarray, codebook: int, prune: str = "none", top_k: int | None = None,
-               level: int | None = None) -> tuple[np.ndarray, int | None]:
+               level: int | None = None, frozen: tuple[int, ...] | None = None
+               ) -> tuple[np.ndarray, int | None]:
     """Which (item, level) pairs an ID keeps, and the pruned level (1-based; None for "none").
 
     ``drop`` removes ``level`` (default: the dominant one, see ``dominant_level``) for every
     item; ``adaptive`` removes it only for items whose token there is among that level's
-    ``top_k`` most frequent (ties by code).
+    ``top_k`` most frequent (ties by code), or among the codes ``frozen`` when given (the
+    set chosen when the IDs were first built, so that added items follow the same rule).
     """
     n, L = codes.shape
     keep = np.ones((n, L), dtype=bool)
@@ -97,11 +107,9 @@ def prune_mask(codes: np.ndarray, codebook: int, prune: str = "none", top_k: int
             raise SemanticIDError("cannot drop the only level; use levels >= 2 or prune='adaptive'")
         keep[:, level - 1] = False
     else:
-        if top_k is None:
+        if top_k is None and frozen is None:
             raise SemanticIDError("prune='adaptive' needs top_k")
-        check_top_k(top_k, codebook)
-        counts = level_counts(codes[:, level - 1:level], codebook)[0]
-        top = np.argsort(-counts, kind="stable")[:top_k]
+        top = pruned_codes(codes, codebook, top_k, level) if frozen is None else frozen
         keep[:, level - 1] = ~np.isin(codes[:, level - 1], top)
     return keep, level
 
@@ -124,6 +132,27 @@ def disambiguate(codes: np.ndarray, keep: np.ndarray, tiebreak: np.ndarray) -> t
     rank[order] = np.arange(len(group)) - starts[group[order]]
     shared = sizes[group] > 1
     return np.where(shared, rank, -1).astype(np.int32), float(shared.mean())
+
+
+def extend_dedup(codes: np.ndarray, keep: np.ndarray, dedup: np.ndarray, new: np.ndarray,
+                 tiebreak: np.ndarray) -> np.ndarray:
+    """Disambiguation codes once the items ``new`` (a bool mask) join items whose codes
+    ``dedup`` already fixed (-1 = none; entries of new items are ignored). Old items keep
+    theirs, so their IDs do not change; a new item whose kept pairs are shared gets the
+    smallest code still free in its group (new items in the order of ``tiebreak``); a new
+    item alone in its group gets none."""
+    keys = np.where(keep, codes, -1)
+    _, group, sizes = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    out = np.where(new, -1, dedup).astype(np.int32)
+    used: dict[int, set[int]] = {}
+    for i in np.flatnonzero(~new & (out >= 0)):
+        used.setdefault(int(group[i]), set()).add(int(out[i]))
+    for i in sorted(np.flatnonzero(new & (sizes[group] > 1)), key=lambda i: (group[i], tiebreak[i], i)):
+        taken = used.setdefault(int(group[i]), set())
+        out[i] = next(c for c in range(len(taken) + 1) if c not in taken)
+        taken.add(int(out[i]))
+    return out
 
 
 def id_sequences(codes: np.ndarray, keep: np.ndarray, dedup: np.ndarray, space: TokenSpace

@@ -88,14 +88,30 @@ class PrefixTrie:
         mat, lengths = _pad([np.asarray(p, dtype=np.int64).reshape(-1) for p in prefixes])
         node = np.zeros(len(mat), dtype=np.int64)
         for d in range(mat.shape[1]):
-            act = np.nonzero((lengths > d) & (node >= 0))[0]
-            tok = mat[act, d]
-            key = node[act] * self._vocab + tok
-            e = np.searchsorted(self._edge_key, key)
-            ok = (tok >= 0) & (tok < self._vocab) & (e < len(self._edge_key))
-            ok[ok] = self._edge_key[e[ok]] == key[ok]
-            node[act] = np.where(ok, e + 1, -1)
+            node = np.where(lengths > d, self.step(node, mat[:, d]), node)
         return node
+
+    def step(self, nodes, tokens) -> np.ndarray:
+        """The child of each node along its token, for many nodes at once (-1: no such
+        child; node -1 stays -1)."""
+        node = np.asarray(nodes, dtype=np.int64).reshape(-1)
+        tok = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        key = node * self._vocab + tok
+        e = np.searchsorted(self._edge_key, key)
+        ok = (node >= 0) & (tok >= 0) & (tok < self._vocab) & (e < len(self._edge_key))
+        ok[ok] = self._edge_key[e[ok]] == key[ok]
+        return np.where(ok, e + 1, -1)
+
+    def children_batch(self, nodes) -> tuple[np.ndarray, np.ndarray]:
+        """Next tokens of many nodes at once, as ``(rows, tokens)``: row ``i`` of ``rows``
+        names the node ``nodes[i]`` the token follows (tokens sorted within a row)."""
+        node = np.asarray(nodes, dtype=np.int64).reshape(-1)
+        v = np.maximum(node, 0)
+        first = self.indptr[v]
+        n = np.where(node >= 0, self.indptr[v + 1] - first, 0)
+        rows = np.repeat(np.arange(len(node)), n)
+        edges = np.arange(int(n.sum())) + np.repeat(first - (np.cumsum(n) - n), n)
+        return rows, self.labels[edges]
 
     def node(self, prefix) -> int:
         return int(self.nodes([prefix])[0])
@@ -116,7 +132,9 @@ class PrefixTrie:
         """Allowed next tokens: for one prefix (a 1-D sequence, ``[]`` = the root) a sorted
         array; for a batch (list of sequences or a 2-D array) a list of arrays."""
         if self._is_batch(prefixes):
-            return [self.children(v) for v in self.nodes(prefixes)]
+            nodes = self.nodes(prefixes)
+            rows, tokens = self.children_batch(nodes)
+            return np.split(tokens, np.searchsorted(rows, np.arange(1, len(nodes))))
         return self.children(self.node(prefixes))
 
     def items(self, prefix) -> np.ndarray:

@@ -310,4 +310,4 @@ def test_corrupt_index_never_crashes_or_hangs(tmp_path):
         if case["kind"] == "truncated" or (case["kind"] == "bit" and case["file"] in (
                 "wm_bits", "wm_zeros", "lf_offset", "sa_marks", "sa_samples")):
             assert case["unverified"].startswith("error") and "rebuild" in case["unverified"], case
-    assert len(report["cases"]) == 7 * 21
+    assert len(report["cases"]) == 8 * 21

@@ -187,3 +187,13 @@ def test_semantic_ids_with_lora_train_the_id_rows_and_decode_valid_ids(tiny_back
     for hs in r.decode([ds.queries[q] for q in list(ds.queries)[:8]]):
         for h in hs:
             assert len(r.constraint.items(h.tokens)) == 1
+
+
+def test_registry_rows_on_minilm():
+    from genret.retriever import make_retriever
+
+    for name in ("gr-multispan-minilm-sft", "gr-multispan-minilm-dpo", "gr-sid-minilm-sft",
+                 "gr-sid-minilm-adaptive-dpo"):
+        r = make_retriever(name)
+        assert r.cfg.backbone == "minilm" and r.stage == name.rsplit("-", 1)[1]
+    assert make_retriever("gr-sid-minilm-drop-dpo").cfg.prune == "drop"

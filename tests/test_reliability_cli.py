@@ -99,7 +99,7 @@ def test_settings_are_checked_for_python_users_too():
         make_retriever("dense", train={"epochs": 2})  # dense's `train` is a switch, not settings
     with pytest.raises(ValueError, match=r"max_steps: expected an integer or null, got 'x'"):
         make_retriever("prosper", max_steps="x")
-    with pytest.raises(ValueError, match=r"lora_targets: expected a list of strings, got \['q', 1\]"):
+    with pytest.raises(ValueError, match=r"lora_targets: expected a list of strings or null, got \['q', 1\]"):
         make_retriever("gr-sid", train={"lora_targets": ["q", 1]})
     with pytest.raises(ValueError, match="lr: expected a finite float, got nan"):
         make_retriever("dense", lr=float("nan"))
