@@ -87,9 +87,21 @@ def prefix_lengths(input_ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
 
 
 class _PrefixBertModel(BertModel):
-    """BertModel whose causal self-attention also lets every position see the prompt."""
+    """BertModel whose causal self-attention also lets every position see the prompt. The
+    prompt is found here, not in the LM head's forward: trl's fused LM-head loss calls this
+    base model directly."""
 
     _prefix: torch.Tensor | None = None
+
+    def forward(self, input_ids=None, *args, cache=None, **kwargs):
+        first = cache is None or cache.get_seq_length() == 0
+        ends = self.config.prefix_end_ids
+        use = self.config.prefix_lm and ends and first and input_ids is not None
+        self._prefix = prefix_lengths(input_ids, ends) if use else None
+        try:
+            return super().forward(input_ids, *args, cache=cache, **kwargs)
+        finally:
+            self._prefix = None
 
     def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
                                 encoder_hidden_states, cache):
@@ -136,16 +148,10 @@ class PrefixBertLM(BertPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
                 labels=None, cache=None, use_cache=None, logits_to_keep=0, token_type_ids=None, **kwargs):
-        first = cache is None or cache.get_seq_length() == 0
-        use_prefix = self.config.prefix_lm and first and input_ids is not None and self.config.prefix_end_ids
-        self.bert._prefix = prefix_lengths(input_ids, self.config.prefix_end_ids) if use_prefix else None
-        try:
-            out = self.bert(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            inputs_embeds=inputs_embeds, cache=cache,
-                            use_cache=False if labels is not None else use_cache,
-                            **{k: v for k, v in kwargs.items() if k != "return_dict"})
-        finally:
-            self.bert._prefix = None
+        out = self.bert(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                        inputs_embeds=inputs_embeds, cache=cache,
+                        use_cache=False if labels is not None else use_cache,
+                        **{k: v for k, v in kwargs.items() if k != "return_dict"})
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]

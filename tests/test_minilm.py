@@ -44,6 +44,8 @@ def test_prompt_is_read_both_ways_and_targets_causally(tok):
         assert (first(p + c)[1] - first(p2 + c)[1]).abs().max() > 1e-4  # an early prompt token sees a later one
         c2 = c[:-1] + [ids(tok, "saw")[0]]
         assert torch.allclose(first(p + c)[len(p)], first(p + c2)[len(p)])  # targets never see the future
+        hidden = lambda seq: m.base_model(torch.tensor([seq])).last_hidden_state[0, 1]  # noqa: E731
+        assert (hidden(p + c) - hidden(p2 + c)).abs().max() > 1e-4  # trl's fused loss calls the base model
     causal = tiny(tok, prefix_lm=False)
     with torch.no_grad():
         assert torch.allclose(causal(torch.tensor([p + c])).logits[0, 1], causal(torch.tensor([p2 + c])).logits[0, 1])
