@@ -3,6 +3,6 @@
 Standalone: depends on numpy, numba and pysais only.
 """
 
-from .index import Documents, FMIndex, Range, Symbols
+from .index import Documents, FMIndex, Range, Step, Symbols
 
-__all__ = ["Documents", "FMIndex", "Range", "Symbols"]
+__all__ = ["Documents", "FMIndex", "Range", "Step", "Symbols"]

@@ -328,30 +328,6 @@ def next_symbols(bits, zeros, alphabet, lo, hi):
 
 
 @njit(cache=True)
-def next_symbols_batch(bits, zeros, alphabet, los, his):
-    """``next_symbols`` for many ranges; results concatenated, split by ``offsets``."""
-    total = 0
-    width = 1
-    for j in range(los.size):
-        w = min(max(his[j] - los[j], 0), alphabet.size + 2)
-        total += w
-        width = max(width, w)
-    buf = np.empty((6, width), np.int64)
-    tokens = np.empty(total, np.int64)
-    counts = np.empty(total, np.int64)
-    offsets = np.zeros(los.size + 1, np.int64)
-    k = 0
-    for i in range(los.size):
-        fa, fb, fc, n = _distinct(bits, zeros, los[i], his[i], buf)
-        for j in range(n):
-            tokens[k] = alphabet[fc[j] - FIRST_TOKEN_CODE]
-            counts[k] = fb[j] - fa[j]
-            k += 1
-        offsets[i + 1] = k
-    return tokens[:k], counts[:k], offsets
-
-
-@njit(cache=True)
 def locate_text(bits, zeros, lf_offset, marks, samples, rate, lo, hi, n_rows):
     """Text positions (in the reversed text) of rows ``lo..hi-1``, and False if the index is corrupt.
 
@@ -394,14 +370,38 @@ def locate_text(bits, zeros, lf_offset, marks, samples, rate, lo, hi, n_rows):
     return out, True
 
 
+DOC_BLOCK_SHIFT = 6  # doc_base holds every 64th document offset
+
+
+def pack_doc_offsets(offsets):
+    """``(doc_base, doc_delta)`` of ascending document offsets: every 64th offset (int64) and
+    each offset minus its block's base, in the narrowest unsigned dtype that holds them."""
+    base = offsets[:: 1 << DOC_BLOCK_SHIFT].astype(np.int64)
+    delta = offsets - np.repeat(base, 1 << DOC_BLOCK_SHIFT)[: offsets.size]
+    top = int(delta.max(initial=0))
+    dtype = np.uint16 if top < 1 << 16 else np.uint32 if top < 1 << 32 else np.uint64
+    return base, delta.astype(dtype)
+
+
+def unpack_doc_offsets(base, delta):
+    """The int64 document offsets of ``pack_doc_offsets``."""
+    return np.repeat(base, 1 << DOC_BLOCK_SHIFT)[: delta.size] + delta.astype(np.int64)
+
+
 @njit(inline="always")
-def _doc_of(doc_offsets, p):
-    """Document holding reversed-text position ``p`` (doc d starts at doc_offsets[d] + d)."""
+def _doc_offset(base, delta, d):
+    return base[d >> DOC_BLOCK_SHIFT] + np.int64(delta[d])
+
+
+@njit(inline="always")
+def _doc_of(base, delta, p, gap=1):
+    """Document holding position ``p``: of the reversed text with ``gap=1`` (doc d starts at
+    offset(d) + d, after d separators), of the forward concatenation with ``gap=0``."""
     lo = 0
-    hi = doc_offsets.size - 2
+    hi = delta.size - 2
     while lo < hi:
         mid = (lo + hi + 1) >> 1
-        if doc_offsets[mid] + mid <= p:
+        if _doc_offset(base, delta, mid) + gap * mid <= p:
             lo = mid
         else:
             hi = mid - 1
@@ -409,23 +409,39 @@ def _doc_of(doc_offsets, p):
 
 
 @njit(cache=True)
-def forward_starts(text_pos, doc_offsets, length):
+def doc_positions(base, delta, offsets):
+    """(doc id, position within it) of forward offsets."""
+    docs = np.empty(offsets.size, np.int64)
+    pos = np.empty(offsets.size, np.int64)
+    for j in range(offsets.size):
+        d = _doc_of(base, delta, offsets[j], 0)
+        docs[j] = d
+        pos[j] = offsets[j] - _doc_offset(base, delta, d)
+    return docs, pos
+
+
+@njit(inline="always")
+def _forward_start(base, delta, p, length):
+    d = _doc_of(base, delta, p)
+    return _doc_offset(base, delta, d + 1) - (p - _doc_offset(base, delta, d) - d) - length
+
+
+@njit(cache=True)
+def forward_starts(text_pos, base, delta, length):
     """Offsets of the first token in the forward concatenation, sorted."""
     out = np.empty(text_pos.size, np.int64)
     for j in range(text_pos.size):
-        p = text_pos[j]
-        d = _doc_of(doc_offsets, p)
-        out[j] = doc_offsets[d + 1] - (p - doc_offsets[d] - d) - length
+        out[j] = _forward_start(base, delta, text_pos[j], length)
     out.sort()
     return out
 
 
 @njit(cache=True)
-def doc_counts(text_pos, doc_offsets):
+def doc_counts(text_pos, base, delta):
     """Distinct documents of the positions (sorted) and occurrences per document."""
     docs = np.empty(text_pos.size, np.int64)
     for j in range(text_pos.size):
-        docs[j] = _doc_of(doc_offsets, text_pos[j])
+        docs[j] = _doc_of(base, delta, text_pos[j])
     docs.sort()
     ids = np.empty(docs.size, np.int64)
     counts = np.empty(docs.size, np.int64)
@@ -437,3 +453,77 @@ def doc_counts(text_pos, doc_offsets):
             counts[k] = 0
         counts[k] += 1
     return ids[: k + 1], counts[: k + 1]
+
+
+# ------------------------------------------------------------------ batched (one call per decoding step)
+
+@njit(cache=True)
+def extend_next_batch(bits, zeros, lf_offset, alphabet, los, his, toks):
+    """For each ``i``: extend ``(los[i], his[i])`` by ``toks[i]`` (a negative token: keep the range),
+    then the distinct next tokens of the result. Returns the new ``lo, hi`` and the next tokens
+    and counts of all ranges concatenated, range ``i`` at ``offsets[i]:offsets[i + 1]``."""
+    m = los.size
+    lo = np.empty(m, np.int64)
+    hi = np.empty(m, np.int64)
+    total = 0
+    width = 1
+    sigma = alphabet.size + 2
+    for i in range(m):
+        a = los[i]
+        b = his[i]
+        if toks[i] >= 0 and a < b:
+            c = _code_of(alphabet, toks[i])
+            if c < 0:
+                a, b = 0, 0
+            else:
+                a, b = _extend_code(bits, zeros, lf_offset, a, b, c)
+        elif toks[i] >= 0:
+            a, b = 0, 0
+        lo[i] = a
+        hi[i] = b
+        w = min(max(b - a, 0), sigma)
+        total += w
+        width = max(width, w)
+    buf = np.empty((6, width), np.int64)
+    tokens = np.empty(total, np.int64)
+    counts = np.empty(total, np.int64)
+    offsets = np.zeros(m + 1, np.int64)
+    k = 0
+    for i in range(m):
+        fa, fb, fc, n = _distinct(bits, zeros, lo[i], hi[i], buf)
+        for j in range(n):
+            tokens[k] = alphabet[fc[j] - FIRST_TOKEN_CODE]
+            counts[k] = fb[j] - fa[j]
+            k += 1
+        offsets[i + 1] = k
+    return lo, hi, tokens[:k], counts[:k], offsets
+
+
+@njit(cache=True)
+def range_batch(bits, zeros, lf_offset, alphabet, patterns, lengths, n_rows):
+    """Row ranges of the patterns ``patterns[i, :lengths[i]]``."""
+    lo = np.empty(lengths.size, np.int64)
+    hi = np.empty(lengths.size, np.int64)
+    for i in range(lengths.size):
+        lo[i], hi[i] = pattern_range(bits, zeros, lf_offset, alphabet, patterns[i, : lengths[i]], n_rows)
+    return lo, hi
+
+
+@njit(cache=True)
+def locate_batch(bits, zeros, lf_offset, marks, samples, rate, los, his, lengths, n_rows, base, delta):
+    """``locate`` of many ranges: forward start offsets (sorted within each range), range ``i`` at
+    ``bounds[i]:bounds[i + 1]``, and False if the index is corrupt."""
+    bounds = np.zeros(los.size + 1, np.int64)
+    for i in range(los.size):
+        bounds[i + 1] = bounds[i] + his[i] - los[i]
+    out = np.empty(bounds[-1], np.int64)
+    for i in range(los.size):
+        pos, ok = locate_text(bits, zeros, lf_offset, marks, samples, rate, los[i], his[i], n_rows)
+        if not ok:
+            return out, bounds, False
+        seg = out[bounds[i] : bounds[i + 1]]
+        for j in range(pos.size):
+            seg[j] = _forward_start(base, delta, pos[j], lengths[i])
+        seg.sort()
+    return out, bounds, True
+

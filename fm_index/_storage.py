@@ -8,12 +8,13 @@ import json
 import os
 import shutil
 import tempfile
+import tokenize
 from pathlib import Path
 
 import numpy as np
 
 KIND = "fm_index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packed document offsets, narrow alphabet and LF offsets; 1 is still read
 MANIFEST = "manifest.json"
 TMP_TAG, OLD_TAG, LOCK_TAG = "genret-tmp-", "genret-old-", "genret-lock"  # as semantic_id/genret saves
 
@@ -137,8 +138,9 @@ def _npy_header(path):
         return shape, fortran, dtype, fh.tell()
 
 
-def load_dir(path, names, mmap, tokenizer, verify):
-    """Read and check a saved index; returns (arrays, manifest)."""
+def load_dir(path, names_by_version, mmap, tokenizer, verify):
+    """Read and check a saved index (``names_by_version``: format version -> array names);
+    returns (arrays, manifest)."""
     path = Path(path)
     rebuild = "rebuild it with FMIndex.build(...) and save it again"
     if not path.is_dir():
@@ -159,11 +161,12 @@ def load_dir(path, names, mmap, tokenizer, verify):
         kind = manifest.get("kind") if isinstance(manifest, dict) else None
         raise ValueError(f"{path} holds kind {kind!r}, not {KIND!r}; pass the directory of an FM index")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in names_by_version or isinstance(version, bool):
         raise ValueError(
-            f"{path} uses FM-index format version {version!r}, but this fm_index reads version "
-            f"{FORMAT_VERSION}; {rebuild}"
+            f"{path} uses FM-index format version {version!r}, but this fm_index reads versions "
+            f"{', '.join(map(str, sorted(names_by_version)))}; {rebuild}"
         )
+    names = names_by_version[version]
     if tokenizer is not None and manifest.get("tokenizer") != tokenizer:
         raise ValueError(
             f"{path} was built with tokenizer {manifest.get('tokenizer')!r}, not {tokenizer!r}; "
@@ -182,7 +185,7 @@ def load_dir(path, names, mmap, tokenizer, verify):
             raise FileNotFoundError(f"{fpath} is missing; the index directory is incomplete, {rebuild}")
         try:
             shape, fortran, dtype, offset = _npy_header(fpath)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, SyntaxError, tokenize.TokenError) as e:  # numpy parses the header
             raise ValueError(f"{fpath} is not a valid .npy file ({e}); {rebuild}") from None
         if shape != want_shape or dtype != want_dtype or fortran:
             raise ValueError(

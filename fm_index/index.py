@@ -8,9 +8,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _kernels as K
-from ._storage import load_dir, save_dir
+from ._storage import FORMAT_VERSION, load_dir, save_dir
 
-_ARRAYS = ("wm_bits", "wm_zeros", "lf_offset", "alphabet", "sa_marks", "sa_samples", "doc_offsets")
+_ARRAYS = ("wm_bits", "wm_zeros", "lf_offset", "alphabet", "sa_marks", "sa_samples", "doc_base", "doc_delta")
+_ARRAYS_V1 = ("wm_bits", "wm_zeros", "lf_offset", "alphabet", "sa_marks", "sa_samples", "doc_offsets")
 
 
 class Range(tuple):
@@ -40,6 +41,17 @@ class Symbols(NamedTuple):
 
     tokens: np.ndarray
     counts: np.ndarray
+
+
+class Step(NamedTuple):
+    """Result of ``FMIndex.step``: the extended ranges ``(lo[i], hi[i])`` and their next tokens
+    and counts, concatenated; range ``i``'s are ``tokens[offsets[i]:offsets[i + 1]]``."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    tokens: np.ndarray
+    counts: np.ndarray
+    offsets: np.ndarray
 
 
 class Documents(NamedTuple):
@@ -110,7 +122,8 @@ class FMIndex:
         self._alphabet = arrays["alphabet"]
         self._marks = arrays["sa_marks"]
         self._samples = arrays["sa_samples"]
-        self._doc_offsets = arrays["doc_offsets"]
+        self._doc_base = arrays["doc_base"]
+        self._doc_delta = arrays["doc_delta"]
         self._first_token_row = self.n_docs + 1  # rows below start with the sentinel/separator
 
     def _check_shapes(self, arrays):
@@ -120,12 +133,15 @@ class FMIndex:
         want = {
             "wm_bits": ((levels, words), np.uint64),
             "wm_zeros": ((levels,), np.int64),
-            "lf_offset": ((sigma,), np.int64),
-            "alphabet": ((sigma - 2,), np.int64),
+            "lf_offset": ((sigma,), _offset_dtype(self.n_rows)),
+            "alphabet": ((sigma - 2,), _id_dtype(self.vocab_size)),
             "sa_marks": ((1, words), np.uint64),
             "sa_samples": (((self.n_rows - 1) // self.sa_sample_rate + 1,), np.uint32),
-            "doc_offsets": ((self.n_docs + 1,), np.int64),
+            "doc_base": (((self.n_docs >> K.DOC_BLOCK_SHIFT) + 1,), np.int64),
+            "doc_delta": ((self.n_docs + 1,), arrays["doc_delta"].dtype),
         }
+        if arrays["doc_delta"].dtype not in (np.uint16, np.uint32, np.uint64):
+            want["doc_delta"] = ((self.n_docs + 1,), np.uint32)  # any unsigned width; name one
         for name, (shape, dtype) in want.items():
             arr = arrays[name]
             if arr.shape != shape or arr.dtype != dtype:
@@ -163,7 +179,9 @@ class FMIndex:
             raise corrupt(f"sa_marks mark {marks} rows but there are {self._samples.size} SA samples")
         if not np.array_equal(np.sort(self._samples), np.arange(self._samples.size)):
             raise corrupt("sa_samples are not the sampled text positions")
-        d = self._doc_offsets
+        d = K.unpack_doc_offsets(self._doc_base, self._doc_delta)
+        if np.any(self._doc_delta[:: 1 << K.DOC_BLOCK_SHIFT]):
+            raise corrupt("doc_delta is not 0 at the start of each block")
         if d[0] != 0 or d[-1] != self.n_tokens or np.any(np.diff(d) < 0):
             raise corrupt("doc_offsets are not ascending from 0 to n_tokens")
 
@@ -218,12 +236,12 @@ class FMIndex:
         arrays = {
             "wm_bits": bits,
             "wm_zeros": zeros,
-            "lf_offset": lf_offset,
-            "alphabet": alphabet.astype(np.int64, copy=False),
+            "lf_offset": lf_offset.astype(_offset_dtype(tokens.size + lengths.size + 1)),
+            "alphabet": alphabet.astype(_id_dtype(vocab_size)),
             "sa_marks": K.pack_flags(marked),
             "sa_samples": samples.astype(np.uint32),
-            "doc_offsets": doc_offsets,
         }
+        arrays["doc_base"], arrays["doc_delta"] = K.pack_doc_offsets(doc_offsets)
         _log(progress, t0, "sampled suffix array")
         return cls(
             arrays,
@@ -305,11 +323,61 @@ class FMIndex:
     def next_symbols_batch(self, ranges):
         """``next_symbols`` for a list of ranges in one kernel call."""
         rows = np.array([self._rows(r) for r in ranges], dtype=np.int64).reshape(-1, 2)
-        tokens, counts, offsets = K.next_symbols_batch(
-            self._bits, self._zeros, self._alphabet, rows[:, 0].copy(), rows[:, 1].copy()
-        )
+        _, _, tokens, counts, offsets = K.extend_next_batch(
+            self._bits, self._zeros, self._lf, self._alphabet, rows[:, 0].copy(), rows[:, 1].copy(),
+            np.full(len(rows), -1, np.int64))
         bounds = offsets.tolist()
         return [Symbols(tokens[a:b], counts[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _row_arrays(self, lo, hi):
+        lo = np.ascontiguousarray(lo, dtype=np.int64).reshape(-1)
+        hi = np.ascontiguousarray(hi, dtype=np.int64).reshape(-1)
+        if lo.shape != hi.shape:
+            raise ValueError(f"lo and hi must have the same length, got {lo.size} and {hi.size}")
+        if lo.size and (lo.min() < 0 or np.any(lo > hi) or hi.max() > self.n_rows):
+            raise ValueError(f"ranges must satisfy 0 <= lo <= hi <= {self.n_rows} (ranges of this index)")
+        return lo, hi
+
+    def step(self, lo, hi, tokens):
+        """One decoding step for many ranges in one kernel call: extend range ``i`` by
+        ``tokens[i]`` (a negative token keeps the range as it is), then the next tokens of every
+        result. Returns ``Step(lo, hi, tokens, counts, offsets)`` (see :class:`Step`)."""
+        lo, hi = self._row_arrays(lo, hi)
+        tok = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
+        if tok.shape != lo.shape:
+            raise ValueError(f"step needs one token per range, got {tok.size} tokens for {lo.size} ranges")
+        if tok.size and tok.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be < vocab_size={self.vocab_size} (negative: no extension)")
+        return Step(*K.extend_next_batch(self._bits, self._zeros, self._lf, self._alphabet, lo, hi, tok))
+
+    def range_batch(self, patterns):
+        """Row ranges ``(lo, hi)`` (int64 arrays) of many patterns, in one kernel call."""
+        pats = [self._pattern(p) for p in patterns]
+        lengths = np.array([p.size for p in pats], np.int64)
+        mat = np.zeros((len(pats), int(lengths.max(initial=0))), np.int64)
+        for i, p in enumerate(pats):
+            mat[i, : p.size] = p
+        return K.range_batch(self._bits, self._zeros, self._lf, self._alphabet, mat, lengths, self.n_rows)
+
+    def locate_batch(self, lo, hi, lengths, limit=None):
+        """``locate`` for many ranges of patterns of ``lengths`` in one kernel call: the offsets of
+        range ``i`` (sorted, at most ``limit``) are ``offsets[bounds[i]:bounds[i + 1]]``."""
+        lo, hi = self._row_arrays(lo, hi)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
+        if lengths.shape != lo.shape or (lengths.size and lengths.min() < 1):
+            raise ValueError("locate_batch needs one pattern length >= 1 per range")
+        if limit is not None:
+            hi = np.minimum(hi, lo + max(_int(limit, "limit"), 0))
+        if np.any(lo < np.minimum(hi, self._first_token_row)):
+            raise ValueError("a range includes document ends (the empty pattern's range); "
+                             "locate needs the ranges of non-empty patterns")
+        out, bounds, ok = K.locate_batch(self._bits, self._zeros, self._lf, self._marks, self._samples,
+                                         self.sa_sample_rate, lo, hi, lengths, self.n_rows,
+                                         self._doc_base, self._doc_delta)
+        if not ok:
+            raise ValueError("the index is corrupt (a suffix-array walk left the text); rebuild it "
+                             "with FMIndex.build(...).save(path)")
+        return out, bounds
 
     def locate(self, rng, limit=None, length=None):
         """Sorted offsets of the pattern's first token in the concatenated documents.
@@ -327,7 +395,7 @@ class FMIndex:
         if length < 1:
             raise ValueError("the empty pattern has no occurrences to locate")
         hi = self._limit(lo, hi, limit)
-        return K.forward_starts(self._text_positions(lo, hi), self._doc_offsets, length)
+        return K.forward_starts(self._text_positions(lo, hi), self._doc_base, self._doc_delta, length)
 
     def _text_positions(self, lo, hi):
         pos, ok = K.locate_text(self._bits, self._zeros, self._lf, self._marks, self._samples,
@@ -342,7 +410,7 @@ class FMIndex:
         """Documents that contain the pattern and occurrence counts (``limit`` caps occurrences read)."""
         lo, hi = self._rows(rng)
         hi = self._limit(lo, hi, limit)
-        return Documents(*K.doc_counts(self._text_positions(lo, hi), self._doc_offsets))
+        return Documents(*K.doc_counts(self._text_positions(lo, hi), self._doc_base, self._doc_delta))
 
     def doc_positions(self, offsets):
         """Map offsets from ``locate`` to ``(doc_ids, positions within the document)``."""
@@ -352,8 +420,7 @@ class FMIndex:
         off = off.astype(np.int64, copy=False)
         if off.size and (off.min() < 0 or off.max() >= self.n_tokens):
             raise ValueError(f"offsets must lie in [0, n_tokens={self.n_tokens})")
-        docs = np.searchsorted(self._doc_offsets, off, "right") - 1
-        return docs, off - self._doc_offsets[docs]
+        return K.doc_positions(self._doc_base, self._doc_delta, off)
 
     # ---------------------------------------------------------------- storage
     @property
@@ -386,7 +453,12 @@ class FMIndex:
         already checked once: a damaged file that stays structurally sound then gives wrong
         results instead of an error. A ``tokenizer`` identity must match the manifest's.
         """
-        arrays, m = load_dir(path, _ARRAYS, mmap, tokenizer, verify)
+        arrays, m = load_dir(path, {1: _ARRAYS_V1, FORMAT_VERSION: _ARRAYS}, mmap, tokenizer, verify)
+        if m["format_version"] == 1:  # int64 alphabet, LF offsets and document offsets: pack them
+            arrays["doc_base"], arrays["doc_delta"] = K.pack_doc_offsets(arrays.pop("doc_offsets"))
+            arrays["alphabet"] = arrays["alphabet"].astype(_id_dtype(m.get("vocab_size", 1)))
+            arrays["lf_offset"] = arrays["lf_offset"].astype(
+                _offset_dtype(m.get("n_tokens", 0) + m.get("n_docs", 0) + 1))
         try:
             meta = {k: m[k] for k in ("n_docs", "n_tokens", "vocab_size", "sa_sample_rate")}
             index = cls(arrays, **meta, tokenizer=m.get("tokenizer"))
@@ -398,6 +470,16 @@ class FMIndex:
     def __repr__(self):
         return (f"FMIndex(n_docs={self.n_docs}, n_tokens={self.n_tokens}, vocab_size={self.vocab_size}, "
                 f"nbytes={self.nbytes})")
+
+
+def _id_dtype(vocab_size):
+    """Narrowest dtype of the alphabet (token ids below ``vocab_size``)."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32 if vocab_size <= 1 << 32 else np.int64
+
+
+def _offset_dtype(n_rows):
+    """dtype of ``lf_offset`` (row offsets, possibly negative, of an index of ``n_rows`` rows)."""
+    return np.int32 if n_rows < 1 << 31 else np.int64
 
 
 def _cache_aligned(arr):

@@ -300,19 +300,23 @@ def read_queries(path: str) -> list[tuple[str, str]]:
     return out
 
 
-def search_file(retriever, args) -> int:
-    """``search --queries``: the file's queries in batches of ``--batch``, a progress bar, and a
-    TREC run to ``--out`` (written whole or not at all) or to stdout."""
-    from tqdm.auto import tqdm
-
-    from .eval import Run
-
+def check_run_out(args) -> Path | None:
+    """``--out`` of ``search --queries``: a run file path that is free (or ``--overwrite``)."""
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         raise ValueError(f"{out} is a directory; --out names a run file")
     if out is not None and out.exists() and not args.overwrite:
         raise ValueError(f"{out} already exists; choose another --out, or pass --overwrite to replace it")
-    queries = read_queries(args.queries)
+    return out
+
+
+def search_file(retriever, queries: list[tuple[str, str]], out: Path | None, args) -> int:
+    """``search --queries``: the queries in batches of ``--batch``, a progress bar, and a TREC
+    run to ``out`` (written whole or not at all) or streamed to stdout."""
+    from tqdm.auto import tqdm
+
+    from .eval import Run
+
     k = args.k or 1000
     run = Run()
     with tqdm(total=len(queries), desc="search", unit="q", disable=args.quiet) as bar:
@@ -335,9 +339,10 @@ def search_file(retriever, args) -> int:
 def cmd_search(args) -> int:
     if bool(args.query) == bool(args.queries):
         raise ValueError("give either query words or --queries FILE (not both)")
+    if args.queries:  # the file and --out are checked before the model loads
+        out, queries = check_run_out(args), read_queries(args.queries)
+        return search_file(_load_model(args, _load_data(args) if args.data else None), queries, out, args)
     retriever = _load_model(args, _load_data(args) if args.data else None)
-    if args.queries:
-        return search_file(retriever, args)
     query = " ".join(args.query)
     detail = retriever.explain(query, args.k or 10)
     if args.json:

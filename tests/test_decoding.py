@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from fm_index import FMIndex
+from transformers import LogitsProcessorList
+
 from genret.decoding import ConstraintLogitsProcessor, FMIndexSpanConstraint
 
 SEP, EOS = 1, 0
@@ -31,14 +33,18 @@ def _brute_allowed(docs, word_start, gen, max_span_tokens, max_spans):
     return follow
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_allowed_matches_brute_force(seed):
+def _corpus(seed, vocab=12):
+    """A random generator, 15 random titles, random word starts (not SEP/EOS) and their index."""
     rng = np.random.default_rng(seed)
-    vocab = 12
     word_start = rng.random(vocab) < 0.5
     word_start[:2] = False
     docs = [rng.integers(2, vocab, size=rng.integers(1, 9)).tolist() for _ in range(15)]
-    idx = FMIndex.build(docs, vocab_size=vocab)
+    return rng, docs, word_start, FMIndex.build(docs, vocab_size=vocab)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_allowed_matches_brute_force(seed):
+    rng, docs, word_start, idx = _corpus(seed)
     c = FMIndexSpanConstraint(idx, SEP, EOS, word_start, max_span_tokens=3, max_spans=2)
     # random walks through the constraint: every allowed step must match brute force
     for _ in range(40):
@@ -67,3 +73,78 @@ def test_processor_masks_and_renormalises():
     assert torch.logsumexp(out[0], 0).item() == pytest.approx(0.0, abs=1e-5)
     # [4] ends a title: only ending is allowed
     assert set(torch.isfinite(out[1]).nonzero().flatten().tolist()) == {EOS, SEP}
+
+
+def test_processor_keeps_beam_states_across_reordered_steps():
+    """Beam search reorders and duplicates rows between steps: the processor finds each row's
+    parent by its generated tokens, advances the kept states (no replay after the first step),
+    and its masks equal the brute-force-checked ``allowed`` of every row's tokens."""
+    rng, docs, word_start, idx = _corpus(7)
+    vocab = idx.vocab_size
+    c = FMIndexSpanConstraint(idx, SEP, EOS, word_start, max_span_tokens=3, max_spans=2)
+    tracked = FMIndexSpanConstraint(idx, SEP, EOS, word_start, max_span_tokens=3, max_spans=2)
+    replays = []
+    tracked.replay = lambda gen: replays.append(len(gen)) or c.replay(gen)
+    proc = ConstraintLogitsProcessor(tracked, fallback_id=EOS)
+    rows = [[9, 9, 9]] * 6  # the prompt; generated tokens start at column 3 in every row
+    for _ in range(8):
+        ids = torch.tensor(rows)
+        out = proc(ids, torch.log_softmax(torch.randn(len(rows), vocab), dim=-1))
+        for row, got in zip(rows, out):
+            want = c.allowed([row[3:]])[0].tolist() or [EOS]
+            assert torch.isfinite(got).nonzero().flatten().tolist() == want, row
+        parents = rng.integers(0, len(rows), len(rows))  # reorder and duplicate beams
+        rows = [rows[p] + [int(rng.choice(torch.isfinite(out[p]).nonzero().flatten().numpy()))] for p in parents]
+    assert replays == [6]  # only the first step replays (from the empty output)
+    assert proc.steps == 8 and proc.seconds > 0
+    batched = c.allowed([r[3:] for r in rows])  # many beams in one call = one by one
+    assert all(a.tolist() == c.allowed([r[3:]])[0].tolist() for a, r in zip(batched, rows))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """A random-weight tiny Qwen2 and a BPE tokenizer trained on the synthetic titles, and an
+    FM-index span constraint over those titles."""
+    from transformers import Qwen2ForCausalLM
+
+    from genret.backbone import encode_title, get_preset, model_config, special_ids, train_tokenizer, word_starts
+    from genret.data import synthetic_dataset
+
+    ds = synthetic_dataset()
+    tok = train_tokenizer(ds.titles + list(ds.queries.values()), 600)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(model_config(get_preset("tiny"), len(tok), tok.eos_token_id)).eval()
+    sp = special_ids(tok)
+    index = FMIndex.build([encode_title(tok, t) for t in ds.titles], vocab_size=len(tok))
+    con = FMIndexSpanConstraint(index, sp.sep, sp.eos, word_starts(tok, np.arange(len(tok))), 4, 2)
+    return model, tok, con, [ds.queries[q] for q in sorted(ds.queries)[:4]]
+
+
+def _beams(model, tok, con, texts, side):
+    tok.padding_side = side
+    enc = tok([f"<|query|> {t}<|title|>" for t in texts], return_tensors="pt", padding=True,
+              add_special_tokens=False)
+    proc = ConstraintLogitsProcessor(con, fallback_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    with torch.no_grad():  # a stock generate: the processor takes the prompt length from the input
+        out = model.generate(**enc, num_beams=4, num_return_sequences=4, max_new_tokens=8, do_sample=False,
+                             logits_processor=LogitsProcessorList([proc]), pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id, output_scores=True, return_dict_in_generate=True)
+    plen = enc["input_ids"].shape[1]
+    strip = (tok.eos_token_id, tok.pad_token_id)
+    seqs = [[t for t in s if t not in strip] for s in out.sequences[:, plen:].tolist()]
+    return seqs, out.sequences_scores.tolist()
+
+
+def test_left_padded_batch_gives_the_beams_of_one_by_one_decoding(tiny_lm):
+    model, tok, con, texts = tiny_lm
+    lengths = [len(tok(f"<|query|> {t}<|title|>", add_special_tokens=False)["input_ids"]) for t in texts]
+    assert len(set(lengths)) > 1  # the batch really is padded
+    seqs, scores = _beams(model, tok, con, texts, "left")
+    for i, text in enumerate(texts):
+        one, one_scores = _beams(model, tok, con, [text], "left")
+        assert seqs[4 * i:4 * i + 4] == one
+        assert scores[4 * i:4 * i + 4] == pytest.approx(one_scores, abs=1e-4)
+        for s in one:  # every beam spells catalog spans
+            assert s and all(con.index.count(np.array(span)) > 0 for span in con.spans(s))
+    with pytest.raises(ValueError, match="right-padded"):
+        _beams(model, tok, con, texts, "right")

@@ -84,6 +84,59 @@ def test_against_brute_force(case):
     for r, (t, c) in zip(ranges, batch):
         single = idx.next_symbols(r)
         assert t.tolist() == single.tokens.tolist() and c.tolist() == single.counts.tolist()
+    check_batched(idx, patterns)
+
+
+def check_batched(idx, patterns):
+    """The one-call batch APIs (step, range_batch, locate_batch) agree with the per-range ones."""
+    ranges = [idx.range(p[:-1]) for p in patterns if p] + [idx.range([])]
+    toks = [p[-1] for p in patterns if p] + [-1]  # -1: no extension, next tokens of the range itself
+    s = idx.step([r[0] for r in ranges], [r[1] for r in ranges], toks)
+    for i, (r, t) in enumerate(zip(ranges, toks)):
+        want = r if t < 0 else idx.extend(r, t)
+        assert (s.lo[i], s.hi[i]) == tuple(want)
+        nxt = idx.next_symbols(want)
+        got = slice(s.offsets[i], s.offsets[i + 1])
+        assert s.tokens[got].tolist() == nxt.tokens.tolist() and s.counts[got].tolist() == nxt.counts.tolist()
+    lo, hi = idx.range_batch(patterns)
+    assert [(a, b) for a, b in zip(lo.tolist(), hi.tolist())] == [tuple(idx.range(p)) for p in patterns]
+    found = [i for i, p in enumerate(patterns) if p and hi[i] > lo[i]]
+    lengths = [len(patterns[i]) for i in found]
+    for limit in (None, 1):
+        offsets, bounds = idx.locate_batch(lo[found], hi[found], lengths, limit=limit)
+        for j, i in enumerate(found):
+            assert offsets[bounds[j]:bounds[j + 1]].tolist() == idx.locate(idx.range(patterns[i]), limit).tolist()
+
+
+def test_long_documents_and_old_format(tmp_path):
+    """Document offsets past 2**16 within a block of 64 (wider deltas), and an index saved in
+    format version 1 (int64 arrays, plain document offsets) loads and answers the same."""
+    from fm_index import _kernels as K
+    from fm_index import _storage
+
+    rng = np.random.default_rng(3)
+    docs = [rng.integers(0, 50, rng.integers(0, 3000)).tolist() for _ in range(150)]
+    idx = FMIndex.build(docs, vocab_size=50, sa_sample_rate=8)
+    assert idx._doc_delta.dtype == np.uint32
+    patterns = [docs[d][i:i + 3] for d in (0, 70, 149) for i in (0, 5) if len(docs[d]) > 8]
+    for p in patterns:
+        check_pattern(idx, docs, p)
+    check_batched(idx, patterns)
+    old = {k: v for k, v in idx._arrays.items() if not k.startswith("doc_")}
+    old.update(doc_offsets=K.unpack_doc_offsets(idx._doc_base, idx._doc_delta),
+               alphabet=idx._alphabet.astype(np.int64), lf_offset=idx._lf.astype(np.int64))
+    meta = {k: getattr(idx, k) for k in ("n_docs", "n_tokens", "vocab_size", "sa_sample_rate", "tokenizer")}
+    version = _storage.FORMAT_VERSION
+    try:
+        _storage.FORMAT_VERSION = 1
+        _storage.save_dir(tmp_path / "v1", old, meta)
+    finally:
+        _storage.FORMAT_VERSION = version
+    assert json.loads((tmp_path / "v1" / "manifest.json").read_text())["format_version"] == 1
+    loaded = FMIndex.load(tmp_path / "v1")
+    assert loaded.nbytes == idx.nbytes
+    for p in patterns:
+        check_pattern(loaded, docs, p)
 
 
 def test_wide_alphabet_three_byte_codes():
@@ -224,6 +277,16 @@ def test_queries_reject_bad_input():
         idx.extend(idx.range([]), 5)
     with pytest.raises(ValueError):
         idx.doc_positions([3])
+    r = idx.range([1])
+    for lo, hi, toks, match in (([0], [99], [1], "0 <= lo <= hi"), ([2], [1], [1], "0 <= lo <= hi"),
+                                ([0], [1], [1, 2], "one token per range"), ([0], [1], [5], "vocab_size"),
+                                ([0, 1], [1], [1], "same length")):
+        with pytest.raises(ValueError, match=match):
+            idx.step(lo, hi, toks)
+    with pytest.raises(ValueError, match="length >= 1"):
+        idx.locate_batch([r.lo], [r.hi], [0])
+    with pytest.raises(ValueError, match="document ends"):
+        idx.locate_batch([0], [idx.n_rows], [1])
 
 
 _FAULTS = r"""

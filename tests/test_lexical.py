@@ -62,6 +62,38 @@ def test_score_products_hand_case(index):
     assert dict(zip(docs.tolist(), scores.tolist())) == {0: pytest.approx(3.0)}
 
 
+def _brute_scores(docs, weights):
+    """score_products written out: every span occurrence by scanning every title."""
+    covered = [[False] * len(d) for d in docs]
+    score, found = {}, set()
+    for span, w in sorted(weights.items(), key=lambda kv: -kv[1]):
+        n = len(span)
+        occ = [(d, i) for d, t in enumerate(docs) for i in range(len(t) - n + 1) if tuple(t[i:i + n]) == span]
+        fresh = {(d, i): 1 - sum(covered[d][i:i + n]) / n for d, i in occ}
+        best = {}
+        for (d, i), f in fresh.items():
+            covered[d][i:i + n] = [True] * n
+            best[d] = max(best.get(d, 0.0), w * f)
+        for d, v in best.items():
+            score[d] = score.get(d, 0.0) + v
+            found.add(d)
+    return score
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_score_products_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    docs = [rng.integers(2, 6, rng.integers(1, 12)).tolist() for _ in range(70)]  # > 64: two offset blocks
+    idx = FMIndex.build(docs, vocab_size=6)
+    starts = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    spans = {tuple(d[a:a + n]) for d in docs[:20] for a in range(len(d)) for n in (1, 2, 3) if a + n <= len(d)}
+    weights = {s: float(rng.random() * 3) for s in sorted(spans)[:25]} | {(5, 5, 5, 5, 5, 5): 1.0}
+    got_docs, got = score_products(idx, weights, starts)  # (max_occurrences: the hand case above)
+    want = _brute_scores(docs, weights)
+    assert got_docs.tolist() == sorted(want)
+    assert got.tolist() == pytest.approx([want[d] for d in sorted(want)])
+
+
 def test_span_weights_follow_seal(index):
     c = FMIndexSpanConstraint(index, sep_id=1, eos_id=0, max_spans=3)
     hyps = [Hypothesis([11, 12, 1, 10], "", np.log(0.75)), Hypothesis([15], "", np.log(0.25))]
