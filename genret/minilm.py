@@ -178,8 +178,9 @@ def from_minilm(prefix_end_ids: list[int], vocab_size: int, prefix_lm: bool = Tr
     base = BertConfig.from_pretrained(path)
     cfg = PrefixBertConfig(prefix_end_ids=prefix_end_ids, prefix_lm=prefix_lm,
                            **{**{k: v for k, v in base.to_dict().items()
-                                 if k not in ("model_type", "architectures", "is_decoder",
+                                 if k not in ("model_type", "architectures", "is_decoder", "_name_or_path",
                                               "add_cross_attention", "transformers_version")}, **sizes})
+    cfg._name_or_path = path  # a local path: peft would look the hub name up online
     model = PrefixBertLM(cfg)
     if pretrained:
         from safetensors.torch import load_file
