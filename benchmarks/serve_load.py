@@ -45,7 +45,7 @@ def prepare(args) -> None:
     for name, cfg in [("bm25-stem", {}), ("dense-zeroshot", {}), ("multispan", MULTISPAN)]:
         t0 = time.perf_counter()
         r = make_retriever(name, **cfg)
-        r.fit(ds, **({"out_dir": str(out / f".{name}.work")} if name == "multispan" else {}))
+        r.fit(ds, out_dir=str(out / f".{name}.work") if name == "multispan" else None, progress=True)
         r.save(out / name)
         print(f"{name}: fitted on {len(ds.catalog)} products in {time.perf_counter() - t0:.0f} s, "
               f"saved to {out / name}", flush=True)

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import genret  # noqa: F401  (first: sets OMP_WAIT_POLICY=PASSIVE before torch loads)
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from genret.data import default_data_path, load_dataset  # noqa: E402
-from genret.minilm import PROMPT_ENDS, from_minilm, minilm_path, minilm_tokenizer  # noqa: E402
+from genret.data import default_data_path, load_dataset
+from genret.minilm import PROMPT_ENDS, from_minilm, minilm_path, minilm_tokenizer
 
 PROMPT = "<|query|> {query}<|title|>"  # genret.lexical.PROMPT
 FORMS = {"prefix": dict(prefix_lm=True, pretrained=True),

@@ -90,7 +90,7 @@ def run_channel(name: str, cfg: dict, full: Dataset, part: Dataset, hidden: set[
     for label, train_ds in (("churn", part), ("full", full)):
         print(f"[{name}] {label}: training on {len(train_ds.catalog)} products", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        r = make_retriever(name, **cfg).fit(train_ds, out_dir=str(work / f"{name}-{label}"))
+        r = make_retriever(name, **cfg).fit(train_ds, out_dir=str(work / f"{name}-{label}"), progress=True)
         entry = {"train_seconds": round(time.perf_counter() - t0, 1)}
         if label == "churn":
             t0 = time.perf_counter()

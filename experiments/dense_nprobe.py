@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             sys.exit(f"{args.model}: a {base.kind!r} retriever, not a dense one")
         source = f"saved retriever {args.model}"
     else:
-        base = DenseRetriever().fit(ds)
+        base = DenseRetriever().fit(ds, progress=True)
         source = "zero-shot all-MiniLM-L6-v2"
     if base.cfg.index != "flat":
         base = base.with_index("flat")

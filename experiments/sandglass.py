@@ -9,15 +9,12 @@ adaptive top-K pruning. Writes results/sandglass/{summary.json,summary.md,<quant
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # shared CPUs: idle OpenMP threads sleep
-
 import argparse
 import json
 import time
 from pathlib import Path
 
+import genret  # first: sets OMP_WAIT_POLICY=PASSIVE before torch loads
 import numpy as np
 import pandas as pd
 
@@ -46,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--out", type=Path, default=Path("results/sandglass"))
-    ap.add_argument("--cache", type=Path, default=Path(".cache/semantic_id"))
+    ap.add_argument("--cache", type=Path, default=genret.cache_dir("semantic_id"))
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--codebook", type=int, default=256)
     ap.add_argument("--top-k", type=int, nargs="+", default=[16, 64])

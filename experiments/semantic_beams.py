@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         ms = 1000 * (time.perf_counter() - t0) / len(qids)
         run, valid = Run(), []
         for q, hs in zip(qids, hyps):
-            ids, scores = r._rank(hs, max(KS))
+            ids, scores, _ = r._rank(hs, max(KS))
             run.add(q, ids, scores)
             valid.append(len(ids))
         res = evaluate(run, ds, qids, metrics=[f"R@{k}" for k in KS] + ["MRR@10"])

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     if args.model:
         r = load_retriever(args.model)
     else:
-        r = make_retriever(args.retriever, **cfg).fit(ds)
+        r = make_retriever(args.retriever, **cfg).fit(ds, progress=True)
         r.save(out / "model")
     fit_s = time.perf_counter() - t0
     result = {"retriever": args.retriever, "config": r.cfg.__dict__ | {"negative_sources": list(r.cfg.negative_sources)},

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     lines = ["| row | R@10 | R@100 | R@1000 | MRR@10 | " + " | ".join(f"{b} R@100 / R@1000" for b in BUCKETS)
              + " | # FLOPS (top-16 q) · steps · train s |", "|---" * (6 + len(BUCKETS)) + "|"]
     for name in ("bm25", "bm25-stem"):
-        r = make_retriever(name).fit(ds)
+        r = make_retriever(name).fit(ds, progress=True)
         res = evaluate(r.search({q: ds.queries[q] for q in qids}, 1000), ds, qids)
         lines.append(row(name, res["overall"], res["buckets"], "–"))
     found = {d.name: d for d in Path(args.root).iterdir() if (d / "metrics.json").exists()}

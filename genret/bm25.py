@@ -50,19 +50,23 @@ class BM25Retriever(Retriever):
         return bm25s.tokenize(texts, stopwords=self.cfg.stopwords, stemmer=self._stemmer(),
                               return_ids=return_ids, show_progress=False)
 
-    def fit(self, dataset, **_) -> "BM25Retriever":
+    def _fit(self, dataset, *, out_dir, progress: bool) -> None:
+        """Index ``dataset``'s catalog (BM25 trains nothing; ``out_dir`` is unused)."""
         self._fitted_on(dataset)
-        self._reindex(dataset, False)
-        return self
+        self._reindex(dataset, progress)
 
     def _reindex(self, dataset, progress: bool) -> None:
         """BM25 has nothing trained: the statistics are rebuilt from the catalog."""
         import bm25s
 
-        self.product_ids = dataset.product_ids
         self.model = bm25s.BM25(k1=self.cfg.k1, b=self.cfg.b, method=self.cfg.method)
         self.model.index(self._tokenize(dataset.titles, True), show_progress=False)
-        self._keys = tiebreak_keys(self.product_ids, self.cfg.seed)
+        self._ready(dataset.product_ids)
+
+    def _ready(self, product_ids: list[str]) -> None:
+        self.product_ids = product_ids
+        self._ids = np.array(product_ids, dtype=object)
+        self._keys = tiebreak_keys(product_ids, self.cfg.seed)
 
     def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
         if self.model is None:
@@ -71,11 +75,18 @@ class BM25Retriever(Retriever):
         tokens = self._tokenize(list(queries.values()), False)
         run = Run()
         for qid, toks in tqdm(list(zip(queries, tokens)), desc="bm25", disable=not progress):
-            scores = self.model.get_scores(toks) if toks else np.zeros(len(self.product_ids))
-            scores = np.where(scores > 0, scores, -np.inf)  # unmatched products are not retrieved
-            idx = top_k(scores, k, self._keys, valid_only=True)
-            run.add(qid, [self.product_ids[i] for i in idx], scores[idx])
+            idx, scores = self._best(self.model.get_scores(toks), k) if toks else ([], [])
+            run.add(qid, self._ids[idx].tolist(), scores)
         return run
+
+    def _best(self, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and scores of the ``k`` best products with a positive score (unmatched
+        products are not retrieved), ties broken by the seeded keys. Ranked among the
+        matched products only: a query matching fewer than ``k`` would otherwise rank the
+        whole catalog (every unmatched product ties)."""
+        pos = np.flatnonzero(scores > 0)
+        best = pos[top_k(scores[pos], k, self._keys[pos])]
+        return best, scores[best]
 
     def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
         """Per query: the terms it is scored on (after stopwords and stemming) and the products."""
@@ -105,6 +116,5 @@ class BM25Retriever(Retriever):
         manifest = json.loads((path / "manifest.json").read_text())
         self = cls(**manifest["config"])
         self.model = bm25s.BM25.load(str(path / "bm25s"))
-        self.product_ids = json.loads((path / "product_ids.json").read_text())
-        self._keys = tiebreak_keys(self.product_ids, self.cfg.seed)
+        self._ready(json.loads((path / "product_ids.json").read_text()))
         return self

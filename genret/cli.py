@@ -97,7 +97,8 @@ def cmd_eval(args) -> int:
     ds = _load_data(args)
     qids = ds.split(args.split)
     t0 = time.perf_counter()
-    retriever = _load_model(args, ds) if args.model else make_retriever(args.retriever).fit(ds)
+    retriever = (_load_model(args, ds) if args.model
+                 else make_retriever(args.retriever).fit(ds, progress=not args.json))
     name = args.retriever or retriever.kind
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -114,7 +115,7 @@ def cmd_eval(args) -> int:
     label = f"{name} ({args.model})" if args.model else name
     print(f"{label} on {ds.name} {args.split} ({len(qids)} queries, "
           f"{len(ds.catalog)} products; fit {fit_s:.1f}s, {1000 * search_s / len(qids):.1f} ms/query)")
-    print(f"| bucket | n | " + " | ".join(ms) + " |")
+    print("| bucket | n | " + " | ".join(ms) + " |")
     print("|---" * (len(ms) + 2) + "|")
     for name, m in [("all", res["overall"])] + [(b, res["buckets"][b]) for b in BUCKETS]:
         print(f"| {name} | {m['n_queries']} | " + " | ".join(f"{m[x]:.4f}" for x in ms) + " |")
@@ -224,7 +225,7 @@ def cmd_train(args) -> int:
               f"{args.extra_pairs}", file=sys.stderr)
     t0 = time.perf_counter()
     work = Path(args.out).with_name(f".{Path(args.out).name}.work")
-    retriever.fit(ds, out_dir=str(work))
+    retriever.fit(ds, out_dir=str(work), progress=not args.quiet)
     from accelerate import PartialState
 
     state = PartialState()  # under `accelerate launch` every process trains; one saves
@@ -467,10 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sid", help="semantic-ID directory from `genret sid build`")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="any config field, e.g. --set num_beams=20 --set train.epochs=2")
+                   help="any config field, e.g. --set num_beams=20 --set train.epochs=2; any trl "
+                        "SFTConfig/DPOConfig argument as train.trainer.NAME, e.g. --set "
+                        "train.trainer.lr_scheduler_type=linear (docs/training.md)")
     p.add_argument("--extra-pairs", metavar="FILE",
                    help="TSV of extra train labels (query, product_id[, grade]), e.g. the "
                         "pairs.tsv of `genret synth`")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("synth", help="long-tail data synthesis: rewrite train queries with a "

@@ -24,6 +24,12 @@ negative (see :class:`DenseConfig` and ``docs/dense.md``):
     product). Optionally
     (``core_query_weight``) the core-term-deleted query itself is a negative *query* for
     the positive title (the literal (q', d) negative pair), in a title -> query term.
+
+Training runs on the HF Trainer (:mod:`genret.contrastive`): checkpoints every
+``save_steps`` into ``fit``'s ``out_dir``, resumes there, and trains one model under
+``torchrun`` / ``accelerate launch`` (in-batch negatives span the global batch).
+The vectors are stored once, in the Faiss index (``index_factory``: "Flat" or
+"IVF{nlist},Flat", inner product).
 """
 
 from __future__ import annotations
@@ -45,10 +51,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import cache_dir
 from .artifact import ArtifactError, atomic_dir, reads_artifact, sha256
+from .backbone import preserved_rng
 from .data import terms
 from .eval import Run, tiebreak_keys
 from .retriever import Retriever, as_queries
+from .training import run_key, work_dir
 
 INDEX_TYPES = ("flat", "ivf")
 DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
@@ -95,17 +104,24 @@ class DenseConfig:
     mine_depth: int = 30  # BM25 depth when mining (b)
     mine_pool: int = 5  # (b) is sampled among the best this many survivors
     log_every: int = 20
+    save_steps: int = 500  # checkpoint every this many steps (into fit's out_dir)
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_TYPES:
             raise ValueError(f"index {self.index!r} is not one of {INDEX_TYPES}")
-        for name in ("nprobe", "batch_size", "encode_batch_size", "max_seq_len"):
+        for name in ("nprobe", "batch_size", "encode_batch_size", "max_seq_len", "log_every", "save_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.nlist is not None and self.nlist < 1:
             raise ValueError(f"nlist must be >= 1 or None, got {self.nlist}")
         if self.batch_size < 2 and self.train:
             raise ValueError("batch_size must be >= 2 for in-batch negatives")
+
+
+# the fields that decide a fine-tune (a checkpoint of another value of one is not resumed)
+TRAIN_FIELDS = ("encoder", "seed", "epochs", "max_steps", "max_train_queries", "batch_size", "lr", "warmup",
+                "weight_decay", "scale", "max_seq_len", "labelled_negatives", "core_term_negatives",
+                "core_query_weight", "mine_depth", "mine_pool")
 
 
 def _config(**cfg) -> DenseConfig:
@@ -204,9 +220,7 @@ def _encode(model, texts: list[str], batch_size: int, max_seq_len: int | None,
 
 
 def _cache_dir(cfg: DenseConfig) -> Path:
-    if cfg.cache_dir:
-        return Path(cfg.cache_dir)
-    return Path(os.environ.get("GENRET_CACHE", ".cache")) / "dense"
+    return Path(cfg.cache_dir) if cfg.cache_dir else cache_dir("dense")
 
 
 # ----------------------------------------------------------------------------- core terms
@@ -351,89 +365,123 @@ class DenseContrastiveLoss(torch.nn.Module):
         return out
 
 
-def _batch(examples: list[TrainExample], dataset, cfg: DenseConfig, rng):
-    """Texts, candidate product ids and masks of one step."""
-    queries = [e.query for e in examples]
-    pos = [e.positives[rng.integers(len(e.positives))] for e in examples]
-    hard = []
-    for e in examples:
-        for pool, n in ((e.labelled_negatives, cfg.labelled_negatives),
-                        (e.core_negatives, cfg.core_term_negatives)):
-            if pool and n:
-                hard += [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
-    cand = pos + hard
-    rel = [dataset.relevant(e.qid) for e in examples]
-    b = len(examples)
+@dataclass
+class _Step:
+    """One global batch: its examples, the positive sampled for each and its hard negatives."""
+    examples: list[TrainExample]
+    positives: list[str]
+    hard: list[list[str]]
+
+
+def _schedule(examples: list[TrainExample], cfg: DenseConfig, batch: int, steps: int) -> list[_Step]:
+    """``steps`` batches of ``batch`` examples: seeded permutations of the examples (a new one
+    when the rest would not fill a batch), a sampled positive and sampled hard negatives each."""
+    from .contrastive import epoch_batches
+
+    rng, out = np.random.default_rng(cfg.seed), []
+    for rows in epoch_batches(len(examples), batch, steps, rng):
+        chosen = [examples[i] for i in rows]
+        pos = [e.positives[rng.integers(len(e.positives))] for e in chosen]
+        hard = []
+        for e in chosen:
+            picks = []
+            for pool, n in ((e.labelled_negatives, cfg.labelled_negatives),
+                            (e.core_negatives, cfg.core_term_negatives)):
+                if pool and n:
+                    picks += [pool[i] for i in rng.choice(len(pool), min(n, len(pool)), replace=False)]
+            hard.append(picks)
+        out.append(_Step(chosen, pos, hard))
+    return out
+
+
+def _masks(step: _Step, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """q2d: candidates (positives, then hard negatives) relevant to query i other than its
+    own positive; d2q: queries j (then the q' columns) that positive i is relevant to."""
+    rel = [dataset.relevant(e.qid) for e in step.examples]
+    cand = step.positives + [p for h in step.hard for p in h]
+    b = len(step.examples)
+    n_qprime = sum(bool(e.query_minus_core) for e in step.examples)
     mask = torch.tensor([[j != i and p in rel[i] for j, p in enumerate(cand)] for i in range(b)])
-    qprime = [e.query_minus_core for e in examples if e.query_minus_core]
-    d2q = torch.tensor([[j != i and pos[i] in rel[j] for j in range(b)] + [False] * len(qprime)
+    d2q = torch.tensor([[j != i and step.positives[i] in rel[j] for j in range(b)] + [False] * n_qprime
                         for i in range(b)])
-    return queries, [dataset.catalog[p] for p in cand], mask, qprime, d2q
+    return mask, d2q
 
 
-def finetune(model, dataset, cfg: DenseConfig, progress: bool = True) -> dict:
-    """Fine-tune ``model`` in place on the train split; returns a training log."""
+class _DenseTask:
+    """:class:`DenseContrastiveLoss` over a schedule of global batches, for
+    :func:`genret.contrastive.train_schedule`; AdamW without decay on biases and norms."""
+
+    log_mean = True  # a log entry is the mean of the steps since the last one
+
+    def __init__(self, model, schedule: list[_Step], global_batch: int, warmup: int, dataset, cfg: DenseConfig):
+        self.model, self.schedule, self.global_batch, self.warmup = model, schedule, global_batch, warmup
+        self.dataset, self.cfg = dataset, cfg
+        self.loss_fn = DenseContrastiveLoss(cfg.scale, cfg.core_query_weight)
+
+    def param_groups(self) -> list[dict]:
+        named = list(self.model.named_parameters())
+        no_decay = ("bias", "LayerNorm.weight", "norm.weight")
+        return [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": self.cfg.weight_decay},
+                {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]
+
+    def _embed(self, model, texts: list[str]) -> torch.Tensor:
+        feats = self.model.preprocess(texts)
+        feats = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in feats.items()}
+        return F.normalize(model(feats)["sentence_embedding"], dim=-1)
+
+    def step_loss(self, model, step: int, local: list[int]):
+        from .contrastive import gather_cat
+
+        s = self.schedule[step]
+        ex = [s.examples[i] for i in local]
+        use_qp = bool(self.cfg.core_query_weight and any(e.query_minus_core for e in s.examples))
+        qprime = [e.query_minus_core for e in ex if e.query_minus_core] if use_qp else []
+        qe = self._embed(model, [e.query for e in ex] + qprime)
+        titles = [s.positives[i] for i in local] + [p for i in local for p in s.hard[i]]
+        te = self._embed(model, [self.dataset.catalog[p] for p in titles])
+        mask, d2q = _masks(s, self.dataset)
+        cand = torch.cat([gather_cat(te[: len(ex)]), gather_cat(te[len(ex):])])
+        out = self.loss_fn(gather_cat(qe[: len(ex)]), cand, mask.to(qe.device),
+                           gather_cat(qe[len(ex):]) if use_qp else None, d2q.to(qe.device))
+        return out["loss"], {k: v.item() for k, v in out.items()}
+
+
+def finetune(model, dataset, cfg: DenseConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Fine-tune ``model`` in place on the train split with the HF Trainer (checkpoints in
+    ``out_dir``; a run with the same settings, data and model resumes there); returns a
+    training log."""
+    from .contrastive import keyed, train_schedule, training_args, world
+
     t0 = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
     examples = build_examples(dataset, cfg, progress)
     mined_s = time.perf_counter() - t0
-    per_epoch = max(1, len(examples) // cfg.batch_size)
-    steps = max(1, math.ceil(cfg.epochs * per_epoch))
+    batch = cfg.batch_size * world()[1]
+    if batch > len(examples):
+        raise ValueError(f"batch_size {cfg.batch_size} x {world()[1]} processes exceeds the "
+                         f"{len(examples)} training queries; lower batch_size")
+    steps = max(1, math.ceil(cfg.epochs * max(1, len(examples) // batch)))
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
-    loss_fn = DenseContrastiveLoss(cfg.scale, cfg.core_query_weight)
-    no_decay = ("bias", "LayerNorm.weight", "norm.weight")
-    groups = [{"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-               "weight_decay": cfg.weight_decay},
-              {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-               "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    warm = max(1, int(cfg.warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+    schedule = _schedule(examples, cfg, batch, steps)
+    args = training_args(out_dir, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         seed=cfg.seed, log_every=cfg.log_every, log_first=False, save_steps=cfg.save_steps,
+                         progress=progress)
+    settings = {k: v for k, v in asdict(cfg).items() if k in TRAIN_FIELDS}
+    data = [[[[e.query, e.query_minus_core] for e in s.examples], [dataset.catalog[p] for p in s.positives],
+             [[dataset.catalog[p] for p in h] for h in s.hard]] for s in schedule]
+    masks = [[m.tolist() for m in _masks(s, dataset)] for s in schedule]
     old_len = model.max_seq_length
     model.max_seq_length = cfg.max_seq_len
-    model.train()
-
-    def embed(texts):
-        feats = model.preprocess(texts)
-        feats = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in feats.items()}
-        e = model(feats)["sentence_embedding"]
-        return F.normalize(e, dim=-1)
-
-    log, order, pos_in_epoch, running = [], rng.permutation(len(examples)), 0, {}
-    bar = tqdm(range(steps), desc="dense fine-tune", disable=not progress)
+    auto = model[0].auto_model
+    run = run_key("dense", settings, [data, masks], keyed(model, auto.config), model.tokenizer)
     try:
-        for step in bar:
-            if pos_in_epoch + cfg.batch_size > len(order):
-                order, pos_in_epoch = rng.permutation(len(examples)), 0
-            batch = [examples[i] for i in order[pos_in_epoch: pos_in_epoch + cfg.batch_size]]
-            pos_in_epoch += cfg.batch_size
-            queries, titles, mask, qprime, d2q = _batch(batch, dataset, cfg, rng)
-            use_qp = bool(cfg.core_query_weight and qprime)
-            qe = embed(queries + qprime if use_qp else queries)
-            terms_ = loss_fn(qe[: len(queries)], embed(titles), mask.to(qe.device),
-                             qe[len(queries):] if use_qp else None, d2q.to(qe.device))
-            opt.zero_grad(set_to_none=True)
-            terms_["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            for k, v in terms_.items():
-                running[k] = running.get(k, 0.0) + v.item()
-            if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-                n = (step % cfg.log_every) + 1
-                entry = {"step": step + 1, **{k: v / n for k, v in running.items()},
-                         "lr": sched.get_last_lr()[0]}
-                log.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.3f}")
-                running = {}
+        task = _DenseTask(model, schedule, batch, max(1, int(cfg.warmup * steps)), dataset, cfg)
+        log = train_schedule(task, model, args, run, progress)
     finally:
         model.max_seq_length = old_len
         model.eval()
     n_core = sum(bool(e.core_negatives) for e in examples)
-    return {"steps": steps, "examples": len(examples), "batch_size": cfg.batch_size,
+    return {"steps": steps, "examples": len(examples), "batch_size": cfg.batch_size, "processes": world()[1],
             "with_labelled_negatives": sum(bool(e.labelled_negatives) for e in examples),
             "with_core_term_negatives": n_core,
             "with_core_deleted_query": sum(bool(e.query_minus_core) for e in examples),
@@ -449,18 +497,25 @@ def _ivf_nlist(n: int, nlist: int | None) -> int:
 
 
 def _build_index(emb: np.ndarray, cfg: DenseConfig):
-    d = emb.shape[1]
-    if cfg.index == "flat":
-        index = faiss.IndexFlatIP(d)
-    else:
-        nlist = _ivf_nlist(len(emb), cfg.nlist)
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    """``IndexFlatIP``, or ``IndexIVFFlat`` with spherical, seeded k-means (``index_factory``)."""
+    n, d = emb.shape
+    nlist = _ivf_nlist(n, cfg.nlist)
+    index = faiss.index_factory(d, "Flat" if cfg.index == "flat" else f"IVF{nlist},Flat",
+                                faiss.METRIC_INNER_PRODUCT)
+    if cfg.index == "ivf":
         index.cp.seed = cfg.seed
         index.cp.spherical = True  # unit-norm centroids for unit-norm data
         index.train(emb)
         index.nprobe = min(cfg.nprobe, nlist)
     index.add(emb)
     return index
+
+
+def _stored_vectors(index) -> np.ndarray:
+    """A copy of the vectors ``index`` holds (flat or IVF-flat: exact)."""
+    if not isinstance(index, faiss.IndexFlat):
+        index.make_direct_map()
+    return index.reconstruct_n(0, index.ntotal)
 
 
 class DenseRetriever(Retriever):
@@ -482,15 +537,9 @@ class DenseRetriever(Retriever):
         self._keys = np.zeros(0, dtype=np.int64)
 
     # -- fit
-    def fit(self, dataset, progress: bool = True, out_dir: str | None = None,
-            **overrides) -> "DenseRetriever":
-        """Fine-tune (with ``train``), encode the catalog and build the index.
-
-        ``overrides`` replace config fields; ``out_dir`` (the CLI's work directory) is
-        accepted and unused: dense training keeps no intermediate files.
-        """
-        if overrides:
-            self.cfg = _config(**{**asdict(self.cfg), **overrides})
+    def _fit(self, dataset, *, out_dir, progress: bool) -> None:
+        """Fine-tune (with ``train``; training state in ``out_dir``), encode the catalog and
+        build the index."""
         self._threads()
         if not dataset.catalog:
             raise ValueError(f"{dataset.name}: empty catalog; nothing to index")
@@ -498,7 +547,8 @@ class DenseRetriever(Retriever):
         base = encoder_identity(self.cfg.encoder)
         if self.cfg.train:
             self.model = load_encoder(self.cfg.encoder, fresh=True)
-            self.training = finetune(self.model, dataset, self.cfg, progress)
+            with work_dir(out_dir, "genret-dense-") as work, preserved_rng():
+                self.training = finetune(self.model, dataset, self.cfg, work, progress)
             self.identity = {"name": f"{base['name']} (fine-tuned)", "path": None,
                              "weights_sha256": state_digest(self.model), "fine_tuned": True,
                              "base": base}
@@ -509,7 +559,6 @@ class DenseRetriever(Retriever):
         self.titles = {p: dataset.catalog[p] for p in self.product_ids}
         self.embeddings = self._encode_catalog(list(self.titles.values()), progress)
         self._build()
-        return self
 
     def _build(self) -> None:
         t0 = time.perf_counter()
@@ -660,7 +709,6 @@ class DenseRetriever(Retriever):
         with atomic_dir(path, self.kind, self.version, overwrite, **self._manifest_info()) as tmp:
             if self.identity.get("fine_tuned"):
                 self.model.save(str(tmp / "encoder"))
-            np.save(tmp / "embeddings.npy", self.embeddings)
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
             (tmp / "titles.json").write_text(json.dumps([self.titles.get(p) for p in self.product_ids]))
@@ -705,13 +753,12 @@ class DenseRetriever(Retriever):
             self.model = load_encoder(self.cfg.encoder)
         self.identity = identity
         self.training = manifest.get("training")
-        self.embeddings = np.load(path / "embeddings.npy", allow_pickle=False)
         self.index = faiss.read_index(str(path / "index.faiss"))
+        self.embeddings = _stored_vectors(self.index)  # older saves also hold embeddings.npy: unread
         pids = json.loads((path / "product_ids.json").read_text())
-        if not (len(pids) == self.index.ntotal == len(self.embeddings) == manifest["n_products"]):
+        if not len(pids) == self.index.ntotal == manifest["n_products"]:
             raise ArtifactError(f"{path}: sizes disagree (product_ids {len(pids)}, index "
-                                f"{self.index.ntotal}, embeddings {len(self.embeddings)}); "
-                                "rebuild it")
+                                f"{self.index.ntotal}, manifest {manifest['n_products']}); rebuild it")
         self.product_ids = pids
         if (path / "titles.json").exists():  # older saves lack it: reindex() re-encodes every title
             self.titles = {p: t for p, t in zip(pids, json.loads((path / "titles.json").read_text()))
@@ -720,10 +767,3 @@ class DenseRetriever(Retriever):
         if self.cfg.index == "ivf":
             self.set_nprobe(self.cfg.nprobe)
         return self  # ``threads`` is applied by fit() only: loading leaves the process alone
-
-
-def train_dense(dataset, out_dir, progress: bool = True, **cfg) -> DenseRetriever:
-    """Fine-tune, index and save a dense retriever (``genret train --mode dense``)."""
-    retriever = DenseRetriever(**{"train": True, **cfg}).fit(dataset, progress=progress)
-    retriever.save(out_dir)
-    return retriever

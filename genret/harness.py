@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .artifact import dir_bytes, sha256
 from .data import BUCKETS, Dataset, load_dataset, synthetic_dataset, with_extra_pairs
 from .eval import DEFAULT_METRICS, Run, evaluate, exclusive_recall, rrf
-from .retriever import load_retriever, make_retriever
+from .retriever import load_retriever, make_retriever, override_config
 
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 # bump when the per-row record, the run files or metrics.json change meaning: saved runs of
@@ -40,7 +40,7 @@ class RowConfig:
     name: str
     retriever: str | None = None  # registry name; defaults to ``name``
     params: dict = field(default_factory=dict)  # constructor config
-    fit: dict = field(default_factory=dict)  # extra fit() arguments
+    fit: dict = field(default_factory=dict)  # fit(): out_dir, progress, config overrides (checked)
     model: str | None = None  # load a saved retriever instead of fitting (params: search-time settings)
     extra_pairs: str | None = None  # TSV of extra train labels for this row's fit (genret synth)
     # strings in params/fit/model/extra_pairs may say {out}: the run's output directory
@@ -135,17 +135,34 @@ def _subst(value, out: Path):
     return value
 
 
-def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path) -> tuple[Run, dict]:
-    """Fit (or load), search with timing, and save one row's retriever."""
-    if row.model and row.extra_pairs:
-        raise ValueError(f"row {row.name!r}: extra_pairs apply to a fitted row, not to a saved model")
-    t0 = time.perf_counter()
+FIT_KEYWORDS = ("out_dir", "progress")  # the fit: keys that are fit() arguments, not config overrides
+
+
+def check_row(row: RowConfig, out: Path):
+    """The fresh retriever of a fitted row, once its params and ``fit:`` block (config
+    overrides, validated like :meth:`Retriever.fit`'s) are checked; None for a saved-model
+    row, which takes no ``fit:`` or ``extra_pairs``. A bad setting is one ValueError."""
     if row.model:
+        if row.extra_pairs or row.fit:
+            what = "extra_pairs apply" if row.extra_pairs else "a fit: block applies"
+            raise ValueError(f"row {row.name!r}: {what} to a fitted row, not to a saved model")
+        return None
+    retriever = make_retriever(row.retriever or row.name, **_subst(row.params, out))
+    overrides = {k: v for k, v in _subst(row.fit, out).items() if k not in FIT_KEYWORDS}
+    override_config(retriever.cfg, f"row {row.name!r} fit", overrides)
+    return retriever
+
+
+def run_row(row: RowConfig, dataset: Dataset, qids: list[str], k: int, out: Path) -> tuple[Run, dict]:
+    """Fit (or load), search with timing, and save one row's retriever. Fitting shows
+    progress bars unless the row's ``fit:`` says ``progress: false``."""
+    retriever = check_row(row, out)
+    t0 = time.perf_counter()
+    if retriever is None:
         retriever = load_retriever(_subst(row.model, out)).configure(**_subst(row.params, out))
     else:
-        retriever = make_retriever(row.retriever or row.name, **_subst(row.params, out))
         fit_ds = with_extra_pairs(dataset, _subst(row.extra_pairs, out)) if row.extra_pairs else dataset
-        retriever.fit(fit_ds, **_subst(row.fit, out))
+        retriever.fit(fit_ds, **{"progress": True, **_subst(row.fit, out)})
     fit_s = time.perf_counter() - t0
     run, lat = Run(), []
     batches = [qids[i:i + row.batch_size] for i in range(0, len(qids), row.batch_size)]
@@ -249,11 +266,20 @@ def _sha256_or_none(path: Path) -> str | None:
     return sha256(path) if path.is_file() else None
 
 
+def _strings(value):
+    """Every string in a row's config (nested in mappings and lists), as written."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (dict, list, tuple)):
+        for v in value.values() if isinstance(value, dict) else value:
+            yield from _strings(v)
+
+
 def _inputs(row: RowConfig, out: Path) -> dict[str, str | None]:
     """sha256 of what a row reads besides the dataset: the manifest (which lists every
     file's checksum) of its saved model and of each ``{out}/models/<row>`` it names, and
     its extra pairs."""
-    dirs = set(re.findall(r"\{out\}/models/[^/\"\s]+", json.dumps(asdict(row))))
+    dirs = {d for text in _strings(asdict(row)) for d in re.findall(r"\{out\}/models/[^/\s]+", text)}
     if row.model:
         dirs.add(row.model)
     inputs = {d: _sha256_or_none(Path(_subst(d, out)) / "manifest.json") for d in sorted(dirs)}
@@ -334,6 +360,8 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
     out = Path(out)
     with _results_dir(out):
         (out / "runs").mkdir(exist_ok=True)
+        for row in cfg.retrievers:  # a bad setting in any row fails before data loads or a row runs
+            check_row(row, out)
         dataset = dataset or load_dataset(cfg.data)
         view, qids = prepare(cfg, dataset)
         base = {"format": RECORD_FORMAT, "protocol": {k: getattr(cfg, k) for k in PROTOCOL_KEYS},

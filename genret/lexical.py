@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from numba import njit
-from tqdm.auto import tqdm
 
-from .artifact import ArtifactError, atomic_dir, read_manifest, reads_artifact
-from .decoding import FMIndexSpanConstraint, constrained_beam_search
-from .eval import Run, tiebreak_keys, top_k
-from .retriever import Retriever, as_queries
-from .training import TrainConfig, check_config, dpo, sft, work_dir
+from .decoding import FMIndexSpanConstraint
+from .eval import tiebreak_keys, top_k
+from .generative import GenerativeRetriever
+from .training import TrainConfig, check_config
 
 PROMPT = "<|query|> {query}<|title|>"  # as in pretraining, spans continue like a title
 _NORM = re.compile(r"[^a-z0-9]+")
@@ -250,21 +246,18 @@ class MultispanConfig:
             raise ValueError(f"span_prob_cap must be in (0, 1), got {self.span_prob_cap}")
 
 
-class MultispanRetriever(Retriever):
+class MultispanRetriever(GenerativeRetriever):
     """Query -> multispan decoding under an FM-index -> SEAL-style product scores."""
 
     kind = "gr-multispan"
+    config_class = MultispanConfig
+    prompt = PROMPT
     search_settings = ("num_beams", "max_new_tokens", "decode_batch_size", "max_occurrences", "span_prob_cap")
 
     def __init__(self, stage: str = "sft", init: str | None = None, **cfg):
-        if stage not in ("sft", "dpo"):
-            raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
-        train = cfg.pop("train", {})
-        self.cfg = MultispanConfig(**cfg, train=train if isinstance(train, TrainConfig) else TrainConfig(**train))
-        self.stage, self.init = stage, init
-        self.model = self.tokenizer = self.index = None
+        super().__init__(stage, init, **cfg)
+        self.index = None
         self.product_ids: list[str] = []
-        self.info: dict = {}
 
     # -- setup ---------------------------------------------------------------
     def _setup_catalog(self, dataset) -> None:
@@ -294,12 +287,7 @@ class MultispanRetriever(Retriever):
                                                 self.cfg.max_span_tokens, self.cfg.max_spans)
         self.doc_starts = np.concatenate([[0], np.cumsum(lengths)])
         self.keys = tiebreak_keys(self.product_ids, self.cfg.seed)
-
-    @property
-    def tokenizer_identity(self) -> str:
-        from .backbone import tokenizer_identity
-
-        return tokenizer_identity(self.tokenizer)
+        self.position = {p: i for i, p in enumerate(self.product_ids)}
 
     # -- training data -------------------------------------------------------
     def examples(self, dataset, rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
@@ -307,7 +295,7 @@ class MultispanRetriever(Retriever):
         indexing example per product (a random fragment of its title as the query)."""
         from .backbone import word_spans
 
-        pos = {p: i for i, p in enumerate(self.product_ids)}
+        pos = self.position
         count = lambda s: self.index.count(np.array(s, dtype=np.int64))  # noqa: E731
         out = []
 
@@ -337,143 +325,63 @@ class MultispanRetriever(Retriever):
         rng.shuffle(out)
         return out
 
-    # -- fit -----------------------------------------------------------------
-    def _load_start(self, dataset) -> None:
-        from .backbone import default_backbone, load_backbone
-
-        if self.init:
-            other = MultispanRetriever.load(self.init)
-            self.model, self.tokenizer = other.model, other.tokenizer
-            self.info = dict(other.info)
-        else:
-            path = self.cfg.backbone or default_backbone(dataset, self.cfg.preset, self.cfg.seed)
-            self.model, self.tokenizer = load_backbone(path)
-            self.info = {"backbone": str(path)}
-
-    def fit(self, dataset, out_dir: str | None = None, **_) -> "MultispanRetriever":
-        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo'). Training
-        state goes to ``out_dir`` (its ``sft``/``dpo`` folders; a re-run with the same
-        settings and data resumes there), else to a temporary folder."""
-        torch.manual_seed(self.cfg.seed)
-        rng = np.random.default_rng(self.cfg.seed)
-        self._fitted_on(dataset)
-        self._load_start(dataset)
-        self._setup_catalog(dataset)
-        with work_dir(out_dir, "genret-multispan-") as work:
-            if not (self.init and self.info.get("stage") in ("sft", "dpo")):
-                ex = self.examples(dataset, rng)
-                t0 = time.perf_counter()
-                self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train)
-                self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
-            if self.stage == "dpo":
-                t0 = time.perf_counter()
-                pairs = self.mine_pairs(dataset, rng)
-                self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
-                self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0)
-        self.model.eval()
-        return self
-
-    def mine_pairs(self, dataset, rng: np.random.Generator) -> list[dict]:
-        """Preference pairs from the model's own beams on train queries. A beam *finds* a
-        relevant product when all its spans occur in that product's title. Where the model
-        ranks a beam that finds none above the best beam that finds one, that is a pair:
-        chosen = the best-scored beam that finds one, rejected = the best-scored beam
-        above it that finds none (see :func:`preference_pair`)."""
-        qids = [q for q in dataset.split("train") if dataset.relevant(q)]
-        qids = [qids[i] for i in rng.permutation(len(qids))[: self.cfg.dpo_queries]]
-        hyps = self.decode([dataset.queries[q] for q in qids], progress=self.cfg.train.progress)
-        pos = {p: i for i, p in enumerate(self.product_ids)}
+    def _pair(self, hyps, relevant: dict) -> tuple[str, str, bool] | None:
+        """A beam *finds* a relevant product when all its spans occur in that product's
+        title; the pair is :func:`preference_pair` of the beams (chosen is always a beam)."""
+        titles = [self.title_ids[self.position[p]] for p in relevant if p in self.position]
 
         def contains(title: list[int], span: tuple) -> bool:
             n = len(span)
             return any(tuple(title[i:i + n]) == span for i in range(len(title) - n + 1))
 
-        pairs = []
-        for q, hs in zip(qids, hyps):
-            titles = [self.title_ids[pos[p]] for p in dataset.relevant(q) if p in pos]
-            finds = []
-            for h in hs:
-                spans = self.constraint.spans(h.tokens)
-                finds.append(bool(spans) and any(all(contains(t, s) for s in spans) for t in titles))
-            pair = preference_pair(hs, finds)
-            if pair is not None:
-                pairs.append({"prompt": PROMPT.format(query=dataset.queries[q]),
-                              "chosen": self.tokenizer.decode(pair[0].tokens),
-                              "rejected": self.tokenizer.decode(pair[1].tokens)})
-        return pairs
+        finds = []
+        for h in hyps:
+            spans = self.constraint.spans(h.tokens)
+            finds.append(bool(spans) and any(all(contains(t, s) for s in spans) for t in titles))
+        pair = preference_pair(hyps, finds)
+        if pair is None:
+            return None
+        return self.tokenizer.decode(pair[0].tokens), self.tokenizer.decode(pair[1].tokens), True
 
     # -- search --------------------------------------------------------------
-    def decode(self, queries: list[str], progress: bool = False):
-        return constrained_beam_search(self.model, self.tokenizer, queries, self.constraint,
-                                       num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens,
-                                       prompt=PROMPT, batch_size=self.cfg.decode_batch_size,
-                                       progress=progress)
-
     def _rank(self, hyps, k: int) -> tuple[list[str], np.ndarray, dict[tuple, float]]:
+        """Products by SEAL-style span scores; the evidence is the span weights."""
         w = span_weights(hyps, self.constraint, self.index.n_tokens, self.cfg.span_prob_cap)
         docs, sc = score_products(self.index, w, self.doc_starts, self.cfg.max_occurrences)
         order = top_k(sc, k, self.keys[docs])
         return [self.product_ids[docs[i]] for i in order], sc[order], w
 
-    def search(self, queries, k: int = 1000, progress: bool = False) -> Run:
-        if self.model is None:
-            raise RuntimeError("MultispanRetriever.search before fit() or load()")
-        queries = as_queries(queries)
-        run = Run()
-        for qid, hs in zip(queries, self.decode(list(queries.values()), progress)):
-            ids, scores, _ = self._rank(hs, k)
-            run.add(qid, ids, scores)
-        return run
+    def _explain(self, hyps, evidence: dict[tuple, float]) -> dict:
+        return {"beams": [{"text": h.text, "score": h.score} for h in hyps],
+                "spans": {self.tokenizer.decode(list(s)): wt
+                          for s, wt in sorted(evidence.items(), key=lambda kv: -kv[1])}}
 
     def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
         """Per query: the decoded beams, the span weights, and the products with the
         character ranges of the spans in each title (``matches``); one decode for all."""
-        out = []
-        for query, hs in zip(queries, self.decode(list(as_queries(queries).values()))):
-            ids, scores, w = self._rank(hs, k)
-            detail = {"query": query, "beams": [{"text": h.text, "score": h.score} for h in hs],
-                      "spans": {self.tokenizer.decode(list(s)): wt
-                                for s, wt in sorted(w.items(), key=lambda kv: -kv[1])},
-                      "products": self._products(ids, scores)}
+        out = super().explain_batch(queries, k)
+        for detail in out:
             for p in detail["products"]:
                 p["matches"] = self.highlights(p.get("title", ""), detail)
-            out.append(detail)
         return out
 
     def highlights(self, title: str, detail: dict) -> list[tuple[int, int]]:
         return span_offsets(title, detail["spans"])
 
     # -- storage -------------------------------------------------------------
-    def save(self, path, overwrite: bool = False) -> None:
-        with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg), info=self.info,
-                        tokenizer=self.tokenizer_identity, n_products=len(self.product_ids),
-                        **self.catalog_info()) as tmp:
-            self.model.save_pretrained(tmp / "model")
-            self.tokenizer.save_pretrained(tmp / "model")
-            self.index.save(tmp / "fm_index")
-            (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
-            (tmp / "titles.json").write_text(json.dumps([self.titles[p] for p in self.product_ids]))
-            np.save(tmp / "title_lengths.npy", np.diff(self.doc_starts))
+    def _save_model(self, out: Path) -> None:
+        """The plain HF layout this kind has always saved (no backbone manifest inside)."""
+        self.model.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
 
-    @classmethod
-    @reads_artifact
-    def _load(cls, path: Path) -> "MultispanRetriever":
+    def _save_files(self, tmp: Path) -> None:
+        self.index.save(tmp / "fm_index")
+        (tmp / "product_ids.json").write_text(json.dumps(self.product_ids))
+        np.save(tmp / "title_lengths.npy", np.diff(self.doc_starts))
+
+    def _load_files(self, path: Path, manifest: dict) -> None:
         from fm_index import FMIndex
 
-        from .backbone import load_backbone
-
-        manifest = read_manifest(path, verify=False)  # Retriever.load verified every file below
-        known = MultispanConfig.__dataclass_fields__  # fields an older save may still carry are ignored
-        self = cls(**{k: v for k, v in manifest["config"].items() if k in known})
-        self.info = manifest.get("info", {})
-        self.stage = self.info.get("stage", "sft")
-        self.model, self.tokenizer = load_backbone(path / "model", verify=False)
-        if self.tokenizer_identity != manifest["tokenizer"]:
-            raise ArtifactError(f"{path}: the model's tokenizer differs from the one the "
-                                "retriever was built with; retrain or rebuild the index")
         self.index = FMIndex.load(path / "fm_index", tokenizer=manifest["tokenizer"], verify=False)
         self.product_ids = json.loads((path / "product_ids.json").read_text())
-        self.titles = dict(zip(self.product_ids, json.loads((path / "titles.json").read_text())))
         self._prepare(np.load(path / "title_lengths.npy", allow_pickle=False))
-        self.model.eval()
-        return self

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see backbone.py
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, GenerationMixin
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import AutoConfig, AutoModelForCausalLM, BertConfig, GenerationMixin  # noqa: E402
-from transformers.masking_utils import create_causal_mask  # noqa: E402
-from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
-from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel  # noqa: E402
-
-from .backbone import ID, MARKERS, TITLE  # noqa: E402
+from .backbone import ID, MARKERS, TITLE
 
 MODEL_TYPE = "genret_prefix_bert"
 PROMPT_ENDS = [TITLE, ID]  # the lexical and semantic prompts end with these
@@ -59,7 +57,7 @@ def minilm_tokenizer(path: str | None = None):
     tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(path or minilm_path(), "tokenizer.json"))
     # adds nothing; the exact template transformers rebuilds on load, so the identity is stable
     tok.backend_tokenizer.post_processor = TemplateProcessing(single="$A:0", pair="$A:0 $B:1")
-    tok.init_kwargs["genret_tokenizer"] = True  # load_backbone reads it exactly (backbone.py)
+    tok.init_kwargs["genret_tokenizer"] = True  # load_backbone reads it exactly (genret.backbone.loading)
     tok.add_special_tokens({"eos_token": "[SEP]", "pad_token": "[PAD]",
                             "additional_special_tokens": MARKERS})
     return tok

@@ -7,6 +7,7 @@ as ids "0", "1", ...).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -14,10 +15,14 @@ import inspect
 import math
 import numbers
 import os
+import random
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from .artifact import ArtifactError, read_manifest
 from .eval import Run
@@ -29,19 +34,19 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
     "multispan": ("genret.lexical", "MultispanRetriever", {}),
     "gr-multispan-sft": ("genret.lexical", "MultispanRetriever", {"stage": "sft"}),
     "gr-multispan-dpo": ("genret.lexical", "MultispanRetriever", {"stage": "dpo"}),
-    "splade": ("genret.splade", "SpladeRetriever", {}),
-    "prosper": ("genret.prosper", "ProsperRetriever", {}),
-    "prosper-no-lrn": ("genret.prosper", "ProsperRetriever", {"lrn": "none"}),
-    "prosper-lrn-add": ("genret.prosper", "ProsperRetriever", {"lrn": "add"}),
-    "prosper-lrn-query": ("genret.prosper", "ProsperRetriever", {"lrn_side": "query"}),
-    "prosper-lrn-item": ("genret.prosper", "ProsperRetriever", {"lrn_side": "item"}),
-    "prosper-no-lfw": ("genret.prosper", "ProsperRetriever", {"lfw": False}),
-    "prosper-maxpool": ("genret.prosper", "ProsperRetriever", {"pooling": "max"}),
-    "prosper-minilm": ("genret.prosper", "ProsperRetriever", {"backbone": "minilm"}),
-    "prosper-no-norm": ("genret.prosper", "ProsperRetriever", {"norm": "none"}),
-    "prosper-all-norm": ("genret.prosper", "ProsperRetriever", {"norm": "all"}),
-    "prosper-d-norm": ("genret.prosper", "ProsperRetriever", {"norm": "d"}),
-    "prosper-l1-norm": ("genret.prosper", "ProsperRetriever", {"norm": "q-l1"}),
+    "splade": ("genret.sparse", "SpladeRetriever", {}),
+    "prosper": ("genret.sparse", "ProsperRetriever", {}),
+    "prosper-no-lrn": ("genret.sparse", "ProsperRetriever", {"lrn": "none"}),
+    "prosper-lrn-add": ("genret.sparse", "ProsperRetriever", {"lrn": "add"}),
+    "prosper-lrn-query": ("genret.sparse", "ProsperRetriever", {"lrn_side": "query"}),
+    "prosper-lrn-item": ("genret.sparse", "ProsperRetriever", {"lrn_side": "item"}),
+    "prosper-no-lfw": ("genret.sparse", "ProsperRetriever", {"lfw": False}),
+    "prosper-maxpool": ("genret.sparse", "ProsperRetriever", {"pooling": "max"}),
+    "prosper-minilm": ("genret.sparse", "ProsperRetriever", {"backbone": "minilm"}),
+    "prosper-no-norm": ("genret.sparse", "ProsperRetriever", {"norm": "none"}),
+    "prosper-all-norm": ("genret.sparse", "ProsperRetriever", {"norm": "all"}),
+    "prosper-d-norm": ("genret.sparse", "ProsperRetriever", {"norm": "d"}),
+    "prosper-l1-norm": ("genret.sparse", "ProsperRetriever", {"norm": "q-l1"}),
     "dense-zeroshot": ("genret.dense", "DenseRetriever", {}),
     "dense": ("genret.dense", "DenseRetriever", {"train": True}),
     "dense-ivf": ("genret.dense", "DenseRetriever", {"train": True, "index": "ivf", "nprobe": 256}),
@@ -69,8 +74,41 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
 }
 
 
+def override_config(cfg, owner: str, overrides: Mapping):
+    """``cfg`` (a dataclass) with ``overrides`` applied; nested dataclass fields take a
+    mapping merged into them. Unknown keys raise one ValueError naming the valid ones;
+    the dataclass's own checks (``__post_init__``) run on the result."""
+    valid = {f.name: f for f in dataclasses.fields(cfg)}
+    bad = sorted(set(overrides) - set(valid))
+    if bad:
+        raise ValueError(f"{owner}: unknown setting(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+    changes = {}
+    for key, value in overrides.items():
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            value = override_config(current, f"{owner}.{key}", value)
+        changes[key] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+@contextlib.contextmanager
+def caller_rng():
+    """Give back the caller's global random states (Python's, numpy's and, once loaded,
+    torch's on CPU and initialised CUDA devices) on exit, however the block seeds them:
+    training seeds them (the HF Trainer calls ``set_seed``)."""
+    py, np_state = random.getstate(), np.random.get_state()
+    torch = sys.modules.get("torch")
+    devices = list(range(torch.cuda.device_count())) if torch and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices) if torch else contextlib.nullcontext():
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+
+
 class Retriever:
-    """Base class: subclasses set ``kind`` and implement fit/search/save/_load."""
+    """Base class: subclasses set ``kind`` and implement _fit/search/save/_load."""
 
     kind = "retriever"
     version = 1
@@ -89,7 +127,21 @@ class Retriever:
         self.cfg = dataclasses.replace(self.cfg, **settings)
         return self
 
-    def fit(self, dataset, **cfg) -> "Retriever":
+    def fit(self, dataset, *, out_dir: str | os.PathLike | None = None, progress: bool = False,
+            **overrides) -> "Retriever":
+        """Train and/or index on ``dataset``: the one fit of every retriever.
+
+        ``overrides`` replace config fields (a dict for a nested config, e.g.
+        ``train={"max_steps": 50}``, merges into it); an unknown key is refused with the
+        valid ones. ``out_dir`` holds training state (a re-run with the same settings and
+        data resumes there; None: a temporary folder); ``progress`` shows progress bars."""
+        if overrides:
+            self.cfg = override_config(self.cfg, self.kind, overrides)
+        with caller_rng():
+            self._fit(dataset, out_dir=out_dir, progress=progress)
+        return self
+
+    def _fit(self, dataset, *, out_dir, progress: bool) -> None:
         raise NotImplementedError
 
     def search(self, queries, k: int = 1000, progress: bool = False) -> Run:

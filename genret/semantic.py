@@ -19,22 +19,18 @@ id (never catalog order). A run therefore holds at most ``num_beams`` products.
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see genret.backbone
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from .artifact import ArtifactError, atomic_dir, read_manifest, reads_artifact  # noqa: E402
-from .decoding import TrieConstraint, constrained_beam_search  # noqa: E402
-from .eval import Run, tiebreak_keys, top_k  # noqa: E402
-from .retriever import Retriever, as_queries  # noqa: E402
-from .training import TrainConfig, check_config, dpo, sft, work_dir  # noqa: E402
+from . import cache_dir
+from .artifact import ArtifactError
+from .decoding import TrieConstraint
+from .eval import tiebreak_keys, top_k
+from .generative import GenerativeRetriever
+from .training import TrainConfig, check_config
 
 PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
@@ -44,7 +40,7 @@ ID_INITS = ("auto", "content", "mean", "random")
 
 def embedding_cache() -> Path:
     """Where title embeddings are cached: ``$GENRET_CACHE/semantic_id`` (else ``.cache/``)."""
-    return Path(os.environ.get("GENRET_CACHE") or Path.cwd() / ".cache") / "semantic_id"
+    return cache_dir("semantic_id")
 
 
 def build_ids(dataset, quantizer: str = "rkmeans", levels: int = 3, codebook: int = 256,
@@ -97,35 +93,25 @@ class SemanticConfig:
                      dpo_queries=">= 1", seed=">= 0")
 
 
-class SemanticIDRetriever(Retriever):
+class SemanticIDRetriever(GenerativeRetriever):
     """Query -> trie-constrained beam search over semantic IDs -> one product per beam."""
 
     kind = "gr-sid"
+    config_class = SemanticConfig
+    prompt = PROMPT
     search_settings = ("num_beams", "max_new_tokens", "decode_batch_size")
 
     def __init__(self, stage: str = "sft", init: str | None = None, **cfg):
-        if stage not in ("sft", "dpo"):
-            raise ValueError(f"stage must be 'sft' or 'dpo', got {stage!r}")
-        train = cfg.pop("train", {}) or {}
-        self.cfg = SemanticConfig(**cfg, train=train if isinstance(train, TrainConfig) else TrainConfig(**train))
-        self.stage, self.init = stage, init
-        self.model = self.tokenizer = self.sids = self.constraint = None
+        super().__init__(stage, init, **cfg)
+        self.sids = None
         self.token_map = np.zeros(0, dtype=np.int64)
-        self.titles: dict[str, str] = {}
-        self.info: dict = {}
 
     # -- setup ---------------------------------------------------------------
-    @property
-    def tokenizer_identity(self) -> str:
-        from .backbone import tokenizer_identity
-
-        return tokenizer_identity(self.tokenizer)
-
     @property
     def product_ids(self) -> list[str]:
         return self.sids.item_ids
 
-    def _semantic_ids(self, dataset):
+    def _semantic_ids(self, dataset, progress: bool = False):
         from semantic_id import SemanticIDs
 
         c = self.cfg
@@ -136,7 +122,7 @@ class SemanticIDRetriever(Retriever):
                 sids = sids.with_pruning(c.prune, c.top_k)
         else:
             sids = build_ids(dataset, c.quantizer, c.levels, c.codebook, c.prune or "none", c.top_k,
-                             c.encoder, c.seed, progress=c.train.progress)
+                             c.encoder, c.seed, progress=progress)
         return sids
 
     def _check_catalog(self, dataset) -> None:
@@ -233,7 +219,6 @@ class SemanticIDRetriever(Retriever):
 
     def _prepare(self) -> None:
         self.constraint = TrieConstraint(self.sids.trie, self.token_map, self.tokenizer.eos_token_id)
-        self.max_new_tokens = self.cfg.max_new_tokens or int(self.sids.lengths.max()) + 1
         self.keys = tiebreak_keys(self.sids.item_ids, self.cfg.seed)
         self.index = {p: i for i, p in enumerate(self.sids.item_ids)}
 
@@ -262,52 +247,26 @@ class SemanticIDRetriever(Retriever):
         return out
 
     # -- fit -----------------------------------------------------------------
-    def _load_start(self, dataset) -> None:
-        from .backbone import default_backbone, load_backbone
+    def _start(self, dataset, init, progress: bool) -> None:
+        """The IDs: from ``init`` (a different ``prune`` refused; the config records the
+        IDs' settings), else loaded from ``sid`` or built from the titles."""
+        if init is None:
+            self.sids = self._semantic_ids(dataset, progress)
+            return
+        self.sids = init.sids
+        sc = self.sids.config
+        if self.cfg.prune is not None and self.cfg.prune != sc.prune:
+            raise ValueError(f"--init {self.init} was trained on IDs with prune={sc.prune!r}, not "
+                             f"{self.cfg.prune!r}; start from a model trained with the same pruning")
+        self.cfg.prune, self.cfg.levels, self.cfg.codebook = sc.prune, sc.levels, sc.codebook
+        self.cfg.quantizer, self.cfg.top_k = sc.quantizer, sc.top_k
 
-        if self.init:
-            other = SemanticIDRetriever.load(self.init)
-            self.model, self.tokenizer, self.sids = other.model, other.tokenizer, other.sids
-            self.info = dict(other.info)
-            sc = self.sids.config
-            if self.cfg.prune is not None and self.cfg.prune != sc.prune:
-                raise ValueError(f"--init {self.init} was trained on IDs with prune={sc.prune!r}, not "
-                                 f"{self.cfg.prune!r}; start from a model trained with the same pruning")
-            # the IDs come with the model: record what they are
-            self.cfg.prune, self.cfg.levels, self.cfg.codebook = sc.prune, sc.levels, sc.codebook
-            self.cfg.quantizer, self.cfg.top_k = sc.quantizer, sc.top_k
-        else:
-            path = self.cfg.backbone or default_backbone(dataset, self.cfg.preset, self.cfg.seed,
-                                                         progress=self.cfg.train.progress)
-            self.model, self.tokenizer = load_backbone(path)
-            self.info = {"backbone": str(path)}
-            self.sids = self._semantic_ids(dataset)
-
-    def fit(self, dataset, out_dir: str | None = None, **_) -> "SemanticIDRetriever":
-        """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo'). Training
-        state goes to ``out_dir`` (its ``sft``/``dpo`` folders; a re-run with the same
-        settings and data resumes there), else to a temporary folder."""
-        torch.manual_seed(self.cfg.seed)
-        rng = np.random.default_rng(self.cfg.seed)
-        self._fitted_on(dataset)
-        self._load_start(dataset)
+    def _setup_catalog(self, dataset) -> None:
         self._check_catalog(dataset)
         self._index_ids(dataset, "id_tokens_added")
-        with work_dir(out_dir, "genret-sid-") as work:
-            if not (self.init and self.info.get("stage") in ("sft", "dpo")):
-                ex = self.examples(dataset, rng)
-                t0 = time.perf_counter()
-                trainable = None if self.cfg.train.full else self.token_map[1:].tolist()
-                self.model = sft(self.model, self.tokenizer, ex, work / "sft", self.cfg.train,
-                                 trainable_tokens=trainable)
-                self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
-            if self.stage == "dpo":
-                t0 = time.perf_counter()
-                pairs, stats = self.mine_pairs(dataset, rng)
-                self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", self.cfg.train)
-                self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0, **stats)
-        self.model.eval()
-        return self
+
+    def _trainable_tokens(self) -> list[int] | None:
+        return None if self.cfg.train.full else self.token_map[1:].tolist()
 
     def _index_ids(self, dataset, counter: str) -> None:
         """Titles, ID tokens (new ones initialised by :meth:`init_id_embeddings`; their number
@@ -333,39 +292,24 @@ class SemanticIDRetriever(Retriever):
         self._index_ids(dataset, "id_tokens_added_by_reindex")
         self.model.eval()
 
-    def mine_pairs(self, dataset, rng: np.random.Generator) -> tuple[list[dict], dict]:
-        """Preference pairs from the model's own beams on train queries: chosen = the best
-        beam that is a relevant product (else the gold ID of the query's best-graded
-        relevant product), rejected = the best beam that is a non-relevant product."""
-        qids = [q for q in dataset.split("train") if dataset.relevant(q)]
-        qids = [qids[i] for i in rng.permutation(len(qids))[: self.cfg.dpo_queries]]
-        hyps = self.decode([dataset.queries[q] for q in qids], progress=self.cfg.train.progress)
-        pairs, from_beams = [], 0
-        for q, hs in zip(qids, hyps):
-            rel = dataset.relevant(q)
-            beams = self.beams(hs)[0]
-            chosen = next((i for i, _, _ in beams if self.sids.item_ids[i] in rel), None)
-            rejected = next((i for i, _, _ in beams if self.sids.item_ids[i] not in rel), None)
-            if rejected is None:
-                continue
-            if chosen is None:
-                gold = [self.index[p] for p in rel]
-                chosen = min(gold, key=lambda i: (-rel[self.sids.item_ids[i]], self.keys[i]))
-            else:
-                from_beams += 1
-            pairs.append({"prompt": PROMPT.format(query=dataset.queries[q]),
-                          "chosen": self.id_text(chosen), "rejected": self.id_text(rejected)})
-        return pairs, {"dpo_queries_mined": len(qids), "dpo_chosen_from_beams": from_beams}
+    def _pair(self, hyps, relevant: dict) -> tuple[str, str, bool] | None:
+        """Chosen = the best beam that is a relevant product (else the gold ID of the
+        query's best-graded relevant product), rejected = the best beam that is a
+        non-relevant product; no pair without one."""
+        beams = self.beams(hyps)[0]
+        chosen = next((i for i, _, _ in beams if self.sids.item_ids[i] in relevant), None)
+        rejected = next((i for i, _, _ in beams if self.sids.item_ids[i] not in relevant), None)
+        if rejected is None:
+            return None
+        from_beams = chosen is not None
+        if not from_beams:
+            gold = [self.index[p] for p in relevant]
+            chosen = min(gold, key=lambda i: (-relevant[self.sids.item_ids[i]], self.keys[i]))
+        return self.id_text(chosen), self.id_text(rejected), from_beams
 
     # -- search --------------------------------------------------------------
-    def decode(self, texts: list[str], prompt: str = PROMPT, progress: bool = False):
-        """Trie-constrained beam search; ``prompt`` is PROMPT (queries) or TITLE_PROMPT."""
-        if self.model is None:
-            raise RuntimeError("SemanticIDRetriever used before fit() or load()")
-        return constrained_beam_search(self.model, self.tokenizer, texts, self.constraint,
-                                       num_beams=self.cfg.num_beams, max_new_tokens=self.max_new_tokens,
-                                       prompt=prompt.replace("{title}", "{query}"),
-                                       batch_size=self.cfg.decode_batch_size, progress=progress)
+    def _max_new_tokens(self) -> int:
+        return self.cfg.max_new_tokens or int(self.sids.lengths.max()) + 1
 
     def beams(self, hyps) -> tuple[list[tuple[int, float, object]], int]:
         """(item index, score, hypothesis) per valid beam, best first, and the number of
@@ -380,76 +324,41 @@ class SemanticIDRetriever(Retriever):
             out.extend((int(i), float(h.score), h) for i in items)  # one item after dedup
         return out, dropped
 
-    def _rank(self, hyps, k: int) -> tuple[list[str], np.ndarray]:
+    def _rank(self, hyps, k: int) -> tuple[list[str], np.ndarray, list]:
+        """Products by their best beam's score; the evidence is :meth:`beams`."""
+        beams = self.beams(hyps)[0]
         best: dict[int, float] = {}
-        for i, s, _ in self.beams(hyps)[0]:
+        for i, s, _ in beams:
             best[i] = max(s, best.get(i, -np.inf))
         items = np.fromiter(best, dtype=np.int64, count=len(best))
         scores = np.fromiter(best.values(), dtype=np.float64, count=len(best))
         order = top_k(scores, k, self.keys[items])
-        return [self.sids.item_ids[i] for i in items[order]], scores[order]
+        return [self.sids.item_ids[i] for i in items[order]], scores[order], beams
 
-    def search(self, queries, k: int = 1000, progress: bool = False, prompt: str = PROMPT) -> Run:
-        queries = as_queries(queries)
-        run = Run()
-        for qid, hs in zip(queries, self.decode(list(queries.values()), prompt, progress)):
-            ids, scores = self._rank(hs, k)
-            run.add(qid, ids, scores)
-        return run
-
-    def explain_batch(self, queries: list[str], k: int = 10) -> list[dict]:
-        """Per query: the decoded IDs with their products, and the ranked products; one
-        decode for all."""
-        out = []
-        for query, hs in zip(queries, self.decode(list(as_queries(queries).values()))):
-            beams = self.beams(hs)[0]
-            ids, scores = self._rank(hs, k)
-            out.append({"query": query,
-                        "beams": [{"id": self.id_text(i), "score": s, "product": self.sids.item_ids[i]}
-                                  for i, s, _ in beams],
-                        "ids": {self.id_text(i): self.sids.item_ids[i] for i, _, _ in beams},
-                        "products": self._products(ids, scores)})
-        return out
+    def _explain(self, hyps, beams: list) -> dict:
+        """The decoded IDs with their products."""
+        return {"beams": [{"id": self.id_text(i), "score": s, "product": self.sids.item_ids[i]}
+                          for i, s, _ in beams],
+                "ids": {self.id_text(i): self.sids.item_ids[i] for i, _, _ in beams}}
 
     # -- storage -------------------------------------------------------------
-    def save(self, path, overwrite: bool = False) -> None:
-        from .backbone import save_backbone
+    def _manifest(self) -> dict:
+        return {"id_tokens": len(self.token_map) - 1}
 
-        if self.model is None:
-            raise RuntimeError("SemanticIDRetriever.save before fit()")
-        with atomic_dir(path, self.kind, self.version, overwrite, config=asdict(self.cfg), info=self.info,
-                        tokenizer=self.tokenizer_identity, n_products=len(self.sids), **self.catalog_info(),
-                        id_tokens=len(self.token_map) - 1) as tmp:
-            save_backbone(self.model, self.tokenizer, tmp / "model", preset=self.cfg.preset)
-            self.sids.save(tmp / "sid")
-            np.save(tmp / "token_map.npy", self.token_map)
-            (tmp / "titles.json").write_text(json.dumps([self.titles.get(p, "") for p in self.sids.item_ids]))
+    def _save_files(self, tmp: Path) -> None:
+        self.sids.save(tmp / "sid")
+        np.save(tmp / "token_map.npy", self.token_map)
 
-    @classmethod
-    @reads_artifact
-    def _load(cls, path: Path) -> "SemanticIDRetriever":
+    def _load_files(self, path: Path, manifest: dict) -> None:
         from semantic_id import SemanticIDError, SemanticIDs
 
-        from .backbone import load_backbone
-
-        manifest = read_manifest(path, verify=False)  # Retriever.load verified every file below
-        self = cls(**manifest["config"])
-        self.info = manifest.get("info", {})
-        self.stage = self.info.get("stage", "sft")
         try:
             self.sids = SemanticIDs.load(path / "sid", verify=False)
         except SemanticIDError as e:
             raise ArtifactError(str(e)) from None
-        self.model, self.tokenizer = load_backbone(path / "model", verify=False)
-        if self.tokenizer_identity != manifest["tokenizer"]:
-            raise ArtifactError(f"{path}: the model's tokenizer differs from the one the "
-                                "retriever was built with; retrain it")
         self.token_map = self._token_map()
         saved = np.load(path / "token_map.npy", allow_pickle=False)
         if not np.array_equal(saved, self.token_map):
             raise ArtifactError(f"{path}: the semantic-ID tokens map to other tokenizer ids than "
                                 "at training time; retrain the retriever")
-        self.titles = dict(zip(self.sids.item_ids, json.loads((path / "titles.json").read_text())))
         self._prepare()
-        self.model.eval()
-        return self

@@ -3,7 +3,9 @@
 SFT takes pre-tokenised (prompt ids, completion ids) pairs, so targets sliced from a
 title's own token ids reach the model unchanged; the loss is on the completion only.
 DPO trains a fresh LoRA adapter on top of the (merged) SFT model: the reference model is
-the same network with the adapter disabled. Both run through the HF Trainer, so they
+the same network with the adapter disabled. The trainer arguments are genret's
+``TrainConfig`` fields, then any SFTConfig/DPOConfig argument in ``train.trainer``
+(:func:`trainer_settings`; docs/training.md). Both run through the HF Trainer, so they
 scale out with ``accelerate launch`` and resume from ``out_dir`` checkpoints, but only
 those of the same run: ``genret_run.json`` there keys them by everything that determines
 the result (see :func:`run_key`).
@@ -12,6 +14,8 @@ the result (see :func:`run_key`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import hashlib
 import json
 import operator
@@ -34,7 +38,8 @@ LORA_TARGETS = {"q_proj": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", 
 
 @dataclass
 class TrainConfig:
-    """Fine-tuning settings; defaults fit 2 CPU cores."""
+    """Fine-tuning settings; defaults fit 2 CPU cores. ``trainer`` passes any other
+    argument of trl's SFTConfig / DPOConfig through (docs/training.md)."""
 
     full: bool = False  # full fine-tuning instead of LoRA (sensible for small backbones)
     lora_r: int = 16
@@ -54,6 +59,7 @@ class TrainConfig:
     dpo_sft_weight: float = 0.0  # > 0: add NLL of the chosen completion (RPO), keeps chosen likely
     save_steps: int = 500
     progress: bool = True
+    trainer: dict = field(default_factory=dict)  # SFTConfig/DPOConfig arguments, merged last
 
     def __post_init__(self):
         check_config(self, "train", lora_r=">= 1", lora_alpha="> 0", batch_size=">= 1",
@@ -71,6 +77,47 @@ class TrainConfig:
         if self.lora_targets is not None and not self.lora_targets:
             raise ValueError("train.lora_targets is empty: name the modules LoRA adapts, e.g. [q_proj, v_proj], "
                              "or leave it out (null) for the model's attention and MLP projections")
+        if self.trainer:
+            self.trainer = _check_trainer(self.trainer)
+            with tempfile.TemporaryDirectory(prefix="genret-args-") as tmp:
+                for stage, config in _trl_configs().items():  # trl's own checks, once, now
+                    try:
+                        config(**trainer_settings(self, stage, Path(tmp)))
+                    except (TypeError, ValueError) as e:
+                        raise ValueError(f"train.trainer: {' '.join(str(e).split())}") from None
+
+
+# Trainer arguments genret sets from its own fields: ``train.trainer`` may not set them
+GENRET_ARGS = {"output_dir": "the fit's out_dir", "num_train_epochs": "train.epochs / train.dpo_epochs",
+               "max_steps": "train.max_steps", "per_device_train_batch_size": "train.batch_size / train.dpo_batch_size",
+               "learning_rate": "train.learning_rate / train.dpo_learning_rate", "seed": "train.seed",
+               "data_seed": "train.seed", "max_length": "train.max_length", "save_steps": "train.save_steps",
+               "disable_tqdm": "train.progress", "beta": "train.dpo_beta"}
+
+
+def _trl_configs() -> dict:
+    from trl import DPOConfig, SFTConfig
+
+    return {"sft": SFTConfig, "dpo": DPOConfig}
+
+
+def _check_trainer(trainer: dict) -> dict:
+    """``train.trainer`` checked: names of SFTConfig/DPOConfig arguments that genret does
+    not set itself, values of their types; returned with numbers given as strings parsed."""
+    configs = _trl_configs()
+    names = {stage: {f.name for f in dataclasses.fields(c) if f.init} for stage, c in configs.items()}
+    for name in trainer:
+        if name in GENRET_ARGS:
+            raise ValueError(f"train.trainer.{name}: genret sets it from {GENRET_ARGS[name]}; set that instead")
+        if not any(name in n for n in names.values()):
+            near = difflib.get_close_matches(name, set().union(*names.values()), n=1)
+            raise ValueError(f"train.trainer.{name}: not an argument of trl's SFTConfig or DPOConfig"
+                             + (f" (did you mean {near[0]!r}?)" if near else "") + "; see docs/training.md")
+    checked = {}
+    for stage, config in configs.items():
+        checked |= check_settings(config, {k: v for k, v in trainer.items() if k in names[stage]},
+                                  "train.trainer", prefix="train.trainer.")
+    return checked
 
 
 _OPS = {">": operator.gt, ">=": operator.ge}
@@ -91,13 +138,28 @@ def check_config(cfg, owner: str, **rules: str) -> None:
             raise ValueError(f"{prefix}{name} must be {rule}, got {value!r}")
 
 
-def _common_args(cfg: TrainConfig, out_dir: Path, lr: float, epochs: float, batch: int) -> dict:
-    return dict(output_dir=str(out_dir), num_train_epochs=epochs, max_steps=cfg.max_steps,
-                per_device_train_batch_size=batch, learning_rate=lr, lr_scheduler_type="cosine",
-                warmup_steps=0.03, logging_steps=20, save_steps=cfg.save_steps, save_total_limit=1,
-                seed=cfg.seed, data_seed=cfg.seed, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
-                activation_checkpointing=False, gradient_checkpointing=None, report_to="none", disable_tqdm=not cfg.progress,
-                dataloader_num_workers=0, max_length=cfg.max_length, save_only_model=False)
+def trainer_settings(cfg: TrainConfig, stage: str, out_dir: Path) -> dict:
+    """The SFTConfig (``stage`` "sft") or DPOConfig ("dpo") arguments of ``cfg``: genret's
+    fields and defaults, then those of ``cfg.trainer`` that this stage's config has."""
+    sft = stage == "sft"
+    out = dict(output_dir=str(out_dir), num_train_epochs=cfg.epochs if sft else cfg.dpo_epochs,
+               max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size if sft else cfg.dpo_batch_size,
+               learning_rate=cfg.learning_rate if sft else cfg.dpo_learning_rate, lr_scheduler_type="cosine",
+               warmup_steps=0.03, logging_steps=20, save_steps=cfg.save_steps, save_total_limit=1,
+               seed=cfg.seed, data_seed=cfg.seed, bf16=False, fp16=False, use_cpu=not torch.cuda.is_available(),
+               activation_checkpointing=False, gradient_checkpointing=None, report_to="none",
+               disable_tqdm=not cfg.progress, dataloader_num_workers=0, max_length=cfg.max_length,
+               save_only_model=False)
+    if sft:
+        out.update(completion_only_loss=True, packing=False)
+    else:
+        out["beta"] = cfg.dpo_beta
+        if cfg.dpo_sft_weight:
+            out.update(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(cfg.dpo_sft_weight)])
+    if cfg.trainer:  # only then is trl imported
+        names = {f.name for f in dataclasses.fields(_trl_configs()[stage])}
+        out.update((k, v) for k, v in cfg.trainer.items() if k in names)
+    return out
 
 
 def lora_targets(model, cfg: TrainConfig) -> list[str]:
@@ -301,7 +363,7 @@ def prepare_out_dir(out_dir: Path, run: dict) -> None:
     os.replace(tmp, key_file)
 
 
-def _resume_from(out_dir: Path, run: dict) -> str | None:
+def resume_from(out_dir: Path, run: dict) -> str | None:
     """Prepare ``out_dir`` (on the main process) and return the checkpoint to resume, if any."""
     from accelerate import PartialState
 
@@ -315,7 +377,7 @@ def _resume_from(out_dir: Path, run: dict) -> str | None:
     return str(last[0]) if last else None
 
 
-def _train(trainer, resume: str | None) -> None:
+def train_resumable(trainer, resume: str | None) -> None:
     """``trainer.train()``, resuming from the checkpoint ``resume``. The checkpoint of a
     finished run is only loaded: the Trainer would train one step past ``max_steps``."""
     done = resume and json.loads((Path(resume) / "trainer_state.json").read_text())
@@ -350,18 +412,17 @@ def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: 
         rows["input_ids"].append(ids)
         rows["completion_mask"].append(([0] * len(p) + [1] * (len(c) + 1))[: cfg.max_length])
     out_dir = Path(out_dir)
-    settings = dict(_common_args(cfg, out_dir, cfg.learning_rate, cfg.epochs, cfg.batch_size),
-                    completion_only_loss=True, packing=False)
+    settings = trainer_settings(cfg, "sft", out_dir)
     args = SFTConfig(**settings)
     keyed = dict(settings, lora=None if cfg.full else _lora_settings(cfg), trainable_tokens=trainable_tokens)
-    resume = _resume_from(out_dir, run_key("sft", keyed, rows, model, tokenizer))
+    resume = resume_from(out_dir, run_key("sft", keyed, rows, model, tokenizer))
     trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_dict(rows),
                          processing_class=tokenizer,
                          peft_config=None if cfg.full else _lora(model, cfg, trainable_tokens))
     if cfg.full and trainable_tokens:
         model.get_input_embeddings().weight.requires_grad_(True)
     with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext():
-        _train(trainer, resume)
+        train_resumable(trainer, resume)
     trained = trainer.model
     return _plain_forward(trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained)
 
@@ -377,16 +438,13 @@ def dpo(model, tokenizer, pairs: list[dict], out_dir: str | os.PathLike, cfg: Tr
     if not pairs:
         raise ValueError("no preference pairs were mined: DPO needs at least one "
                          "(chosen, rejected) pair; decode more beams or more training queries")
-    loss = (dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, float(cfg.dpo_sft_weight)])
-            if cfg.dpo_sft_weight else {})
     out_dir = Path(out_dir)
-    settings = dict(_common_args(cfg, out_dir, cfg.dpo_learning_rate, cfg.dpo_epochs, cfg.dpo_batch_size),
-                    beta=cfg.dpo_beta, **loss)
+    settings = trainer_settings(cfg, "dpo", out_dir)
     args = DPOConfig(**settings)
-    resume = _resume_from(out_dir, run_key("dpo", dict(settings, lora=_lora_settings(cfg)), pairs, model,
+    resume = resume_from(out_dir, run_key("dpo", dict(settings, lora=_lora_settings(cfg)), pairs, model,
                                            tokenizer))
     trainer = DPOTrainer(model=model, ref_model=None, args=args,
                          train_dataset=HFDataset.from_list(pairs), processing_class=tokenizer,
                          peft_config=_lora(model, cfg, None))
-    _train(trainer, resume)
+    train_resumable(trainer, resume)
     return _plain_forward(trainer.model.merge_and_unload())

@@ -115,7 +115,10 @@ def prune_mask(codes: np.ndarray, codebook: int, prune: str = "none", top_k: int
 
 
 def tiebreak_keys(item_ids: list[str], seed: int) -> np.ndarray:
-    """Seeded hash of each item id (uint64): the order inside a collision group."""
+    """Seeded hash of each item id (uint64): the order inside a collision group. Part of
+    the ID format, so not genret's ranking tie-break (``genret.eval.tiebreak_keys``, another
+    hash): with that one most collided items would get other IDs (measured on the test
+    fixture: 340 of 399), and this package imports nothing of genret."""
     return np.array([int.from_bytes(hashlib.sha1(f"{seed}\0{i}".encode()).digest()[:8], "big")
                      for i in item_ids], dtype=np.uint64)
 

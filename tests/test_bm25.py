@@ -42,6 +42,40 @@ def test_scores_match_brute_force(synthetic):
         assert np.sort(bf)[::-1][len(got) - 1] == pytest.approx(min(got.values()), rel=1e-4)
 
 
+@pytest.mark.parametrize("n_products", [None, 3000])
+def test_search_is_a_full_sort_of_the_matched_products(synthetic, n_products):
+    """Each ranking equals sorting every product with a positive score by (score desc,
+    tie-break key): ties included, for k below, at and above the number matched."""
+    from genret.data import synthetic_dataset
+    from genret.eval import tiebreak_keys
+
+    ds = synthetic if n_products is None else synthetic_dataset(n_products=n_products, n_queries=400, seed=5)
+    r = BM25Retriever(stemmer="english").fit(ds)
+    keys = tiebreak_keys(ds.product_ids)
+    qs = {q: ds.queries[q] for q in ds.split("all")[:150]}
+    tied_at_cut = 0
+    for k in (1, 7, 100, len(ds.catalog)):
+        run = r.search(qs, k)
+        for q, toks in zip(qs, r._tokenize(list(qs.values()), False)):
+            scores = r.model.get_scores(toks) if toks else np.zeros(len(keys))
+            pos = np.flatnonzero(scores > 0)
+            order = pos[np.lexsort((keys[pos], -scores[pos]))]
+            assert run[q].ids == [ds.product_ids[i] for i in order[:k]]
+            assert np.array_equal(run[q].scores, scores[order[:k]])
+            tied_at_cut += len(order) > k and scores[order[k - 1]] == scores[order[k]]
+    assert tied_at_cut > 20  # the tie-break decides who is in at the cut, often
+
+
+def test_fit_takes_validated_overrides_and_keywords_only(synthetic, tmp_path):
+    r = BM25Retriever().fit(synthetic, k1=0.5, out_dir=tmp_path / "unused", progress=True)
+    assert r.cfg.k1 == 0.5 and not (tmp_path / "unused").exists()
+    with pytest.raises(ValueError, match=r"^bm25: unknown setting\(s\) k2; valid: b, k1, method, seed, stemmer, "
+                                         r"stopwords$"):
+        BM25Retriever().fit(synthetic, k2=0.5)
+    with pytest.raises(TypeError):
+        BM25Retriever().fit(synthetic, None, True)
+
+
 def test_shuffled_catalog_gives_same_run(synthetic):
     rng = np.random.default_rng(1)
     items = list(synthetic.catalog.items())

@@ -132,3 +132,24 @@ def test_console_script_runs():
         pytest.skip("console script not installed (run `make test`, which installs the package)")
     res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "compare" in res.stdout
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.trainer.lr_sched=linear", "train.trainer.lr_sched: not an argument of trl's SFTConfig or DPOConfig "
+                                      "(did you mean 'lr_scheduler_type'?)"),
+    ("train.trainer.learning_rate=1", "train.trainer.learning_rate: genret sets it from train.learning_rate"),
+])
+def test_train_refuses_a_bad_trainer_argument_before_loading_data(tmp_path, capsys, setting, message):
+    assert main(["train", "--mode", "multispan", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "m"),
+                 "--set", setting, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_compare_refuses_a_misspelled_fit_setting_in_one_line(synthetic_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: t\nretrievers:\n  - name: bm25\n  - name: bm25-stem\n    fit: {k_1: 0.9}\n")
+    assert main(["compare", "--config", str(cfg), "--data", str(synthetic_dir), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "row 'bm25-stem' fit: unknown setting(s) k_1; valid: b, k1, method" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o" / "runs" / "bm25.trec").exists()  # refused before the first row ran

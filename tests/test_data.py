@@ -645,3 +645,34 @@ def test_subset_keeps_labelled_products():
     assert ds.subset(qids, n_products=len(labelled) + 40, seed=1).catalog == \
         ds.subset(qids, n_products=len(labelled) + 40, seed=1).catalog
     assert ds.subset(qids).catalog == ds.catalog
+
+
+# ----------------------------------------------------------------------------- the package
+
+def test_default_data_path_from_env_cwd_or_repository(tmp_path, monkeypatch):
+    import genret
+    from genret.data import default_data_path
+
+    monkeypatch.setenv("GENRET_DATA", str(tmp_path / "mine.csv"))
+    assert default_data_path() == tmp_path / "mine.csv"
+    monkeypatch.delenv("GENRET_DATA")
+    rel = Path("..") / "shared" / "data" / "homedepot" / "train.csv.zip"
+    here = tmp_path / "work" / "repo"
+    here.mkdir(parents=True)
+    write(here / rel, "")
+    monkeypatch.chdir(here)  # ../shared seen from the working directory
+    assert default_data_path() == (here / rel).resolve()
+    monkeypatch.chdir(tmp_path)  # else seen from the repository root (the parent of genret/)
+    in_repo = (Path(genret.__file__).resolve().parents[1] / rel).resolve()
+    assert default_data_path() == (in_repo if in_repo.exists() else None)
+
+
+def test_data_loads_without_torch():
+    """genret.data is numpy (and pandas for ESCI, on use) only: loading data never pulls in
+    the model stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys, genret.data; heavy = {'torch', 'transformers', 'pandas'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,6 +2,7 @@
 fine-tuning, bad input. Synthetic catalog + the real (bundled) MiniLM; < 1 min on 2 cores."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,10 +136,12 @@ def test_embedding_cache_is_keyed_by_encoder_and_titles(synthetic, tmp_path):
     other[next(iter(other))] += " extra words"
     DenseRetriever(cache_dir=str(cache)).fit(Dataset("x", other, {}, {}, 2.5, {}), progress=False)
     assert len(list(cache.glob("*.npy"))) == 2
-    # fit-time overrides (and the CLI's out_dir, unused) are accepted
+    # fit-time overrides are accepted (out_dir holds training state: none without train)
     DenseRetriever(cache_dir=str(cache)).fit(small, progress=False, encode_max_seq_len=8,
                                              out_dir=str(tmp_path / "work"))
-    assert len(list(cache.glob("*.npy"))) == 3
+    assert len(list(cache.glob("*.npy"))) == 3 and not (tmp_path / "work").exists()
+    with pytest.raises(ValueError, match="dense: unknown setting.*encode_max_seqlen; valid: .*encode_max_seq_len"):
+        DenseRetriever(cache_dir=str(cache)).fit(small, encode_max_seqlen=8)
 
 
 @pytest.mark.parametrize("index", ["flat", "ivf"])
@@ -147,14 +150,43 @@ def test_save_load_round_trip(flat, synthetic, cache_dir, tmp_path, index):
         index="ivf", nlist=10, nprobe=3, cache_dir=cache_dir).fit(synthetic, progress=False)
     r.save(tmp_path / "m")
     files = {p.name for p in (tmp_path / "m").iterdir()}
-    assert {"manifest.json", "embeddings.npy", "index.faiss", "product_ids.json"} <= files
+    assert {"manifest.json", "index.faiss", "product_ids.json"} <= files and "embeddings.npy" not in files
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["kind"] == "dense" and manifest["n_products"] == len(synthetic.catalog)
     assert manifest["encoder"]["name"] == "all-MiniLM-L6-v2" and manifest["index_type"] == index
     back = load_retriever(tmp_path / "m")
     assert isinstance(back, DenseRetriever) and back.cfg.nprobe == r.cfg.nprobe
+    assert np.array_equal(back.embeddings, r.embeddings)  # the vectors, exactly, from the index alone
     qs = _queries(synthetic)
     _same(r.search(qs, 30), back.search(qs, 30))
+
+
+def test_older_saves_with_embeddings_npy_still_load(flat, synthetic, tmp_path, monkeypatch):
+    """Saves before the vectors were stored once held them twice (embeddings.npy too)."""
+    import faiss
+
+    write = faiss.write_index
+
+    def write_both(index, name):  # what save() wrote then
+        write(index, name)
+        np.save(Path(name).with_name("embeddings.npy"), flat.embeddings)
+
+    monkeypatch.setattr(faiss, "write_index", write_both)
+    flat.save(tmp_path / "old")
+    monkeypatch.undo()
+    assert "embeddings.npy" in json.loads((tmp_path / "old" / "manifest.json").read_text())["files"]
+    back = load_retriever(tmp_path / "old")
+    qs = _queries(synthetic)
+    _same(flat.search(qs, 30), back.search(qs, 30))
+
+
+def test_index_factory_builds_the_documented_indexes(flat, synthetic, cache_dir):
+    import faiss
+
+    assert isinstance(flat.index, faiss.IndexFlat) and flat.index.metric_type == faiss.METRIC_INNER_PRODUCT
+    ivf = DenseRetriever(index="ivf", nlist=6, nprobe=2, cache_dir=cache_dir).fit(synthetic, progress=False)
+    assert isinstance(ivf.index, faiss.IndexIVFFlat) and ivf.index.metric_type == faiss.METRIC_INNER_PRODUCT
+    assert ivf.index.nlist == 6 and ivf.index.nprobe == 2 and ivf.index.cp.spherical
 
 
 def test_finetune_improves_train_recall(synthetic, cache_dir, tmp_path):
@@ -235,7 +267,7 @@ def test_bad_input(flat, synthetic, tmp_path):
     with pytest.raises(ArtifactError, match="'bm25' artifact, not 'dense'"):
         DenseRetriever.load(tmp_path / "bm25")
     flat.save(tmp_path / "d")
-    with open(tmp_path / "d" / "embeddings.npy", "r+b") as f:
+    with open(tmp_path / "d" / "index.faiss", "r+b") as f:
         f.truncate(1000)
     with pytest.raises(ArtifactError, match="truncated"):
         load_retriever(tmp_path / "d")

@@ -195,28 +195,3 @@ def test_cli_train_then_search(synthetic_dir, tmp_path, capsys):
     assert main(["eval", "--retriever", "multispan", "--model", str(out), "--data", str(synthetic_dir),
                  "--threshold", "2.5", "--split", "dev", "--json"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["R@100"] <= 1
-
-
-@pytest.mark.slow
-def test_training_runs_under_accelerate_ddp(synthetic_dir, synthetic, tmp_path):
-    """`accelerate launch --num_processes 2` on CPU (DDP over gloo) trains and saves once."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from genret.backbone import default_backbone
-    from genret.retriever import load_retriever
-
-    backbone = default_backbone(synthetic, "tiny", progress=False)
-    launcher = Path(sys.executable).with_name("accelerate")
-    out = tmp_path / "ddp"
-    cmd = [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genret.cli", "train",
-           "--mode", "multispan", "--data", str(synthetic_dir), "--threshold", "2.5",
-           "--out", str(out), "--backbone", str(backbone), "--full",
-           "--set", "train.max_steps=4", "--set", "train.batch_size=8", "--set", "train.progress=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert load_retriever(out).info["stage"] == "sft"

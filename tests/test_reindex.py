@@ -76,7 +76,7 @@ def test_dense_zeroshot(synthetic, tmp_path, index):
 
 
 def test_sparse_prosper(synthetic, tmp_path):
-    from genret.prosper import ProsperRetriever
+    from genret.sparse import ProsperRetriever
 
     after, removed = churned(synthetic, NEW_TITLE)
     r = ProsperRetriever(backbone=None, preset="tiny", max_steps=20, batch_size=16, max_doc_len=24,

@@ -61,6 +61,51 @@ def test_resume_reruns_a_row_whose_saved_model_changed(synthetic, tmp_path, fitt
     assert "again: re-running it: its saved model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("upstream", ["bm25", "bm25-stem", "bm25-é"])
+def test_resume_reruns_exactly_the_rows_that_load_a_rerun_row(synthetic, tmp_path, fitted, upstream):
+    """A row loading ``{out}/models/<row>`` re-runs with that row and no other, for names
+    that are prefixes of each other and names outside ASCII (JSON would escape them)."""
+    names = ("bm25", "bm25-stem", "bm25-é")
+
+    def cfg(changed=None):
+        rows = [RowConfig(n, retriever=n[:4] if n.endswith("é") else None,
+                          params={"k1": 0.8} if n == changed else {}) for n in names]
+        return CompareConfig(name="t", k=50, retrievers=rows + [RowConfig(f"reload-{i}", model=f"{{out}}/models/{n}")
+                                                                 for i, n in enumerate(names)])
+
+    out = tmp_path / "out"
+    compare(cfg(), synthetic, out)
+    fitted.clear()
+    compare(cfg(upstream), synthetic, out, resume=True)
+    assert fitted == [upstream, f"reload-{names.index(upstream)}"]
+
+
+def test_a_rows_inputs_are_the_models_its_settings_name_exactly(synthetic, tmp_path):
+    """``{out}/models/<row>`` in params (e.g. a DPO row's ``init``) is read as written: a
+    name outside ASCII is that row's model, not a JSON escape of it that names nothing."""
+    from genret.bm25 import BM25Retriever
+
+    for name in ("bm25", "bm25-stem", "bm25-é"):
+        BM25Retriever().fit(synthetic).save(tmp_path / "models" / name)
+    row = RowConfig("dpo", params={"init": "{out}/models/bm25-é", "paths": ["{out}/models/bm25-stem/x"]})
+    inputs = harness._inputs(row, tmp_path)
+    assert sorted(inputs) == ["{out}/models/bm25-stem", "{out}/models/bm25-é"]
+    assert all(inputs.values())  # each one's manifest checksum: the model exists
+
+
+def test_a_bad_fit_block_fails_before_any_row_runs(synthetic, tmp_path, fitted):
+    rows = [RowConfig("bm25"), RowConfig("bm25-stem", fit={"k2": 1.0, "progress": False})]
+    with pytest.raises(ValueError, match=r"row 'bm25-stem' fit: unknown setting\(s\) k2; valid: b, k1, method"):
+        compare(CompareConfig(name="t", k=50, retrievers=rows), synthetic, tmp_path / "out")
+    rows = [RowConfig("bm25"), RowConfig("again", model=str(tmp_path / "m"), fit={"k1": 1.0})]
+    with pytest.raises(ValueError, match="row 'again': a fit: block applies to a fitted row, not to a saved model"):
+        compare(CompareConfig(name="t", k=50, retrievers=rows), synthetic, tmp_path / "out")
+    assert fitted == []
+    compare(CompareConfig(name="t", k=50, retrievers=[RowConfig("bm25", fit={"k1": 0.9, "progress": False})]),
+            synthetic, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "models" / "bm25" / "manifest.json").read_text())["config"]["k1"] == 0.9
+
+
 @pytest.mark.parametrize("damage", ["truncate", "edit", "drop_record_run"])
 def test_resume_reruns_a_damaged_run_file(synthetic, tmp_path, fitted, capsys, damage):
     out, cfg = tmp_path / "out", _cfg("bm25")

@@ -189,6 +189,19 @@ def test_every_decoded_id_is_valid(trained, tiny):
     assert n == 50 * r.cfg.num_beams
 
 
+def test_max_new_tokens_is_a_search_setting(trained, tiny):
+    """configure(max_new_tokens=...) bounds the decode: one step spells no complete ID."""
+    r, _ = trained
+    query = [tiny.queries[tiny.split("test")[0]]]
+    try:
+        r.configure(max_new_tokens=1)
+        hyps = r.decode(query)[0]
+        assert hyps and all(len(h.tokens) == 1 for h in hyps) and r.beams(hyps)[0] == []
+    finally:
+        r.configure(max_new_tokens=None)  # the longest ID + 1 again
+    assert len(r.beams(r.decode(query)[0])[0]) == r.cfg.num_beams
+
+
 def test_save_load_round_trip(trained, tiny):
     from genret.retriever import load_retriever
 

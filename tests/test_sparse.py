@@ -14,13 +14,12 @@ import scipy.sparse as sp
 import torch
 
 from genret.eval import evaluate, tiebreak_keys, top_k
-from genret.prosper import ProsperRetriever, train_prosper
-from genret.retriever import REGISTRY, load_retriever, make_retriever
-from genret.sparse import (FlopsRegularizer, InfoNCE, InvertedIndex, SparseEncoder, SparseLoss,
-                           case_study_markdown, flops_figure, last_token_pool, lfw_topk,
-                           literal_indicator, lrn_combine, normalise, prune_top_terms,
+from genret.retriever import load_retriever, make_retriever
+from genret.sparse import (FlopsRegularizer, InfoNCE, InvertedIndex, ProsperRetriever, SparseEncoder,
+                           SparseLoss, SpladeRetriever, case_study_markdown, flops_figure, last_token_pool,
+                           lfw_topk, literal_indicator, lrn_combine, normalise, prune_top_terms,
                            quadratic_warmup, term_case_study)
-from genret.splade import SpladeRetriever, train_splade
+import tiny
 
 FAST = dict(batch_size=16, log_every=1, lr=1e-3, head_lr=3e-3, mlm_warmup_steps=0,
             max_doc_len=24, max_query_len=12)
@@ -31,47 +30,13 @@ FAST = dict(batch_size=16, log_every=1, lr=1e-3, head_lr=3e-3, mlm_warmup_steps=
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory, synthetic):
     """A random 2-layer Qwen2 with a byte-level BPE trained on the synthetic texts."""
-    from genret.backbone import PRESETS, model_config, save_backbone, train_tokenizer
-    from transformers import Qwen2ForCausalLM
-    from dataclasses import replace
-
-    d = tmp_path_factory.mktemp("tiny") / "qwen"
-    tok = train_tokenizer(synthetic.titles + list(synthetic.queries.values()), 400, 1)
-    preset = replace(PRESETS["tiny"], hidden_size=32, intermediate_size=64, num_heads=2, num_kv_heads=1)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(model_config(preset, len(tok), tok.eos_token_id))
-    save_backbone(model, tok, d, preset="test")
-    return str(d)
+    return tiny.tiny_qwen(tmp_path_factory.mktemp("tiny") / "qwen", synthetic)
 
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory, synthetic):
     """A random 2-layer BERT with a WordPiece vocabulary trained on the synthetic texts."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny") / "bert"
-    d.mkdir()
-    t = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    t.normalizer = normalizers.BertNormalizer(lowercase=True)
-    t.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    t.train_from_iterator(synthetic.titles + list(synthetic.queries.values()),
-                          trainer=trainers.WordPieceTrainer(
-                              vocab_size=400, show_progress=False,
-                              special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-    vocab = sorted(t.get_vocab().items(), key=lambda x: x[1])
-    (d / "vocab.txt").write_text("".join(w + "\n" for w, _ in vocab))
-    tok = BertTokenizerFast(vocab=str(d / "vocab.txt"))
-    tok.save_pretrained(d)
-    from transformers import AutoTokenizer
-
-    probe = "Acme cordless drill M123A 3/4 in."
-    assert AutoTokenizer.from_pretrained(d)(probe)["input_ids"] == tok(probe)["input_ids"]
-    assert len(tok) == 400
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=64)).save_pretrained(d)
-    return str(d)
+    return tiny.tiny_bert(tmp_path_factory.mktemp("tiny") / "bert", synthetic)
 
 
 def _queries(ds, split="train", n=None):
@@ -335,12 +300,6 @@ def test_save_load_round_trip_gives_identical_runs(which, prosper_trained, splad
         assert np.array_equal(a[q].scores, b[q].scores)
 
 
-def test_train_functions_save_a_loadable_model(tiny_qwen, synthetic, tmp_path):
-    r = train_prosper(synthetic, tmp_path / "p", progress=False, backbone=tiny_qwen, max_steps=2, **FAST)
-    assert load_retriever(tmp_path / "p").kind == "prosper" and len(r.train_log) == 2
-    assert callable(train_splade)
-
-
 def test_shuffled_catalog_gives_same_run(tiny_qwen, synthetic):
     from genret.data import Dataset
 
@@ -454,5 +413,5 @@ def test_default_backbone_is_the_embedded_lm(tiny_qwen, synthetic, monkeypatch):
     monkeypatch.setattr(genret.backbone, "default_backbone", fake_default)
     r = make_retriever("prosper", max_steps=0, **FAST).fit(synthetic, progress=False, out_dir="ignored")
     assert calls == [("synthetic", "small", 0)] and r.encoder.kind == "causal"
-    with pytest.raises(ValueError, match="unknown prosper setting"):
+    with pytest.raises(ValueError, match="prosper: unknown setting.*bogus; valid: .*lambda_q"):
         make_retriever("prosper").fit(synthetic, progress=False, bogus=1)

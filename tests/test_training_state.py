@@ -243,3 +243,74 @@ def test_fit_on_another_dataset_into_the_same_work_dir(synthetic, tmp_path, caps
     capsys.readouterr()
     other = MultispanRetriever(**cfg).fit(synthetic_dataset(n_products=80, n_queries=60, seed=1), out_dir=str(tmp_path))
     assert "starting over" in capsys.readouterr().err and other.info["sft_examples"] > 0
+
+
+def test_default_trainer_settings_are_the_ones_genret_always_used(tmp_path):
+    """Configs without ``trainer`` train as before and keep their run keys (resume)."""
+    from genret.training import TrainConfig, trainer_settings
+
+    common = dict(output_dir=str(tmp_path), num_train_epochs=1.0, max_steps=-1, per_device_train_batch_size=32,
+                  learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=20,
+                  save_steps=500, save_total_limit=1, seed=0, data_seed=0, bf16=False, fp16=False,
+                  use_cpu=not torch.cuda.is_available(), activation_checkpointing=False, gradient_checkpointing=None,
+                  report_to="none", disable_tqdm=False, dataloader_num_workers=0, max_length=96,
+                  save_only_model=False)
+    assert trainer_settings(TrainConfig(), "sft", tmp_path) == dict(common, completion_only_loss=True, packing=False)
+    dpo = trainer_settings(TrainConfig(dpo_sft_weight=0.5), "dpo", tmp_path)
+    assert dpo == dict(common, num_train_epochs=1.0, per_device_train_batch_size=16, learning_rate=5e-4, beta=0.1,
+                       loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
+
+
+def test_trainer_arguments_reach_both_stages_and_the_run_key(tiny, steps, tmp_path, capsys):
+    from genret.training import TrainConfig, trainer_settings
+
+    cfg = TrainConfig(trainer={"lr_scheduler_type": "constant", "weight_decay": "1e-2", "packing": False,
+                               "label_smoothing": 0.1})
+    assert cfg.trainer["weight_decay"] == 0.01  # numbers given as strings (YAML 1e-2) are parsed
+    sft, dpo = trainer_settings(cfg, "sft", tmp_path), trainer_settings(cfg, "dpo", tmp_path)
+    assert sft["lr_scheduler_type"] == dpo["lr_scheduler_type"] == "constant"
+    assert "label_smoothing" not in sft and dpo["label_smoothing"] == 0.1  # a DPOConfig-only argument
+    cosine = train(tiny, tmp_path, full=True)
+    capsys.readouterr()
+    constant = train(tiny, tmp_path, full=True, trainer={"lr_scheduler_type": "constant"})
+    assert "settings changed" in capsys.readouterr().err and steps[0] == 8  # keyed: trained again
+    assert not same(cosine, constant)  # the scheduler reached the trainer
+    assert json.loads((tmp_path / "genret_run.json").read_text())["settings"]["lr_scheduler_type"] == "constant"
+
+
+@pytest.mark.parametrize("trainer, message", [
+    ({"lr_sched": "linear"}, "train.trainer.lr_sched: not an argument of trl's SFTConfig or DPOConfig "
+                             "(did you mean 'lr_scheduler_type'?)"),
+    ({"learning_rate": 1e-4}, "train.trainer.learning_rate: genret sets it from train.learning_rate"),
+    ({"output_dir": "x"}, "train.trainer.output_dir: genret sets it from the fit's out_dir"),
+    ({"weight_decay": "heavy"}, "train.trainer.weight_decay: expected a float, got 'heavy'"),
+    ({"lr_scheduler_type": "sideways"}, "train.trainer: sideways is not a valid SchedulerType"),
+])
+def test_trainer_refuses_unknown_genret_owned_and_bad_arguments(trainer, message):
+    from genret.training import TrainConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        TrainConfig(trainer=trainer)
+    assert "\n" not in str(e.value)
+
+
+def test_fit_gives_the_caller_back_its_random_state(synthetic):
+    """fit seeds what it trains with, but the caller's global RNGs continue where they were."""
+    import random
+
+    import numpy as np
+
+    from genret.bm25 import BM25Retriever
+
+    class Seeding(BM25Retriever):
+        def _fit(self, dataset, *, out_dir, progress):
+            torch.manual_seed(1), np.random.seed(1), random.seed(1)
+            torch.rand(5), np.random.rand(5), random.random()
+            super()._fit(dataset, out_dir=out_dir, progress=progress)
+
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    Seeding().fit(synthetic)
+    after = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    assert torch.equal(after[0], torch.rand(3)) and np.array_equal(after[1], np.random.rand(3))
+    assert after[2] == random.random()

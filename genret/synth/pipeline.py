@@ -1,23 +1,6 @@
-"""Long-tail data synthesis (seed 000): a multi-candidate query rewriter, trained with
-several rewards, whose rewrites are turned into curated (query, product) pairs by an
-offline retrieval pipeline.
-
-1. **Rewriter.** The backbone LM learns to rewrite by SFT on real pairs mined from the
-   train split (query A -> query B when A and B share a relevant product), then samples
-   N candidate rewrites per query.
-2. **Rewards** (pure functions below): retrieval gain, incremental recall over the
-   original query, relevance of what the rewrite retrieves, diversity among the N
-   candidates and well-formedness, combined by :func:`combined_reward`. DPO on the
-   (best, worst) candidates of training queries sharpens the rewriter.
-3. **Offline pipeline** (:class:`Pipeline`): RRF of several channels (stemmed BM25 and
-   zero-shot MiniLM by default) retrieves for every rewrite; :func:`filter_products`
-   keeps a (original query, product) pair only when enough channels agree and the pair is
-   not labelled yet.
-4. **Distribution shift** between rewrites and real queries (:func:`shift_stats`).
-
-:func:`synthesize` writes ``pairs.tsv`` (what ``genret train --extra-pairs`` reads),
-``candidates.tsv``, ``report.json`` and ``synth.png`` atomically. See docs/synth.md.
-"""
+"""The orchestration of the synthesis: its config, the offline retrieval pipeline, the
+rewriter (SFT pairs, sampling, DPO pairs), the assessment of candidates with the
+rewards of :mod:`.rewards`, and :func:`synthesize`, which writes the outputs."""
 
 from __future__ import annotations
 
@@ -32,13 +15,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .artifact import atomic_dir
-from .data import BUCKETS, Dataset, terms
-from .eval import Run, rrf
-from .training import TrainConfig, check_config, dpo, sft, work_dir
+from ..artifact import atomic_dir
+from ..data import BUCKETS, Dataset, terms
+from ..eval import Run, rrf
+from ..retriever import caller_rng
+from ..training import TrainConfig, check_config, dpo, sft, work_dir
+from .rewards import (REWARDS, agreement, combined_reward, diversity, filter_products,
+                      incremental_recall, relevance, retrieval_gain, shift_stats, well_formed)
+
 
 PROMPT = "<|query|> {query}<|query|>"  # the rewrite continues like a query of pretraining
-REWARDS = ("gain", "incremental", "relevance", "diversity", "form")
 PAIR_COLUMNS = ("query", "product_id", "grade", "rewrite", "channels", "score", "reward")
 
 
@@ -117,120 +103,6 @@ def synth_config(**cfg) -> SynthConfig:
         raise ValueError(f"bad synth option: {e}") from None
 
 
-# ----------------------------------------------------------------------------- rewards
-
-def retrieval_gain(retrieved: list[str], relevant) -> float:
-    """Reward 1: the share of the query's relevant products that the rewrite retrieves,
-    ``|R ∩ rel| / |rel|`` (0 for a query without relevant products)."""
-    rel = set(relevant)
-    return len(rel.intersection(retrieved)) / len(rel) if rel else 0.0
-
-
-def incremental_recall(retrieved: list[str], original: list[str], relevant) -> float:
-    """Reward 2: relevant products the rewrite retrieves and the original query does not,
-    ``|(R \\ O) ∩ rel| / |rel|``."""
-    rel = set(relevant)
-    return len(rel.intersection(retrieved) - set(original)) / len(rel) if rel else 0.0
-
-
-def relevance(judged: list[str], labels: dict[str, float], threshold: float,
-              agreement: dict[str, float]) -> float:
-    """Reward 3: mean relevance of the judged products (the rewrite's fused top ranks):
-    a labelled product counts 1 if its grade reaches ``threshold``, else 0; an unlabelled
-    one counts its channel agreement (share of channels retrieving it). 0 for none."""
-    if not judged:
-        return 0.0
-    return float(np.mean([(labels[p] >= threshold) if p in labels else agreement.get(p, 0.0)
-                          for p in judged]))
-
-
-def _jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a | b else 1.0
-
-
-def diversity(candidates: list[str]) -> list[float]:
-    """Reward 4, per candidate: 1 - the largest word-set Jaccard similarity to another
-    candidate of the same query (a duplicate scores 0, a lone candidate 1)."""
-    sets = [set(terms(c)) for c in candidates]
-    return [1.0 - max((_jaccard(s, t) for j, t in enumerate(sets) if j != i), default=0.0)
-            for i, s in enumerate(sets)]
-
-
-def well_formed(rewrite: str, query: str, vocab: set[str], max_words: int = 12,
-                min_known: float = 0.5, max_repeat: int = 2) -> float:
-    """Reward 5: 0 for a rewrite that has no word of 3+ characters (empty or debris),
-    has the query's words (same word set), more than ``max_words`` words, a word more
-    than ``max_repeat`` times, or fewer than ``min_known`` known words; otherwise the
-    share of its words found in ``vocab``."""
-    words = terms(rewrite)
-    if max(map(len, words), default=0) < 3 or set(words) == set(terms(query)) or len(words) > max_words:
-        return 0.0
-    if max(Counter(words).values()) > max_repeat:
-        return 0.0
-    known = sum(w in vocab for w in words) / len(words)
-    return known if known >= min_known else 0.0
-
-
-def combined_reward(rewards: dict[str, float], weights: dict[str, float]) -> float:
-    """``R = [form > 0] · Σ_i w_i r_i / Σ_i w_i``: the weighted mean of the rewards, and
-    0 for an ill-formed rewrite whatever else it scores."""
-    if rewards.get("form", 1.0) <= 0:
-        return 0.0
-    total = sum(w for r, w in weights.items() if w > 0)
-    return sum(w * rewards[r] for r, w in weights.items() if w > 0) / total
-
-
-# ----------------------------------------------------------------------------- filter
-
-def agreement(channel_lists: dict[str, list[str]]) -> dict[str, float]:
-    """Product -> share of the channels whose list contains it."""
-    counts = Counter(p for ids in channel_lists.values() for p in set(ids))
-    return {p: c / len(channel_lists) for p, c in counts.items()}
-
-
-def filter_products(channel_lists: dict[str, list[str]], fused: list[tuple[str, float]],
-                    labelled, min_agree: int = 2, max_pairs: int | None = None,
-                    anchor=None) -> list[tuple[str, list[str], float]]:
-    """The relevance filter: ``(product, channels, fused score)`` for the products of the
-    rewrite's fused ranking (best first) that at least ``min_agree`` channel lists
-    (each a channel's top-k for the rewrite) contain, that are not ``labelled`` for the
-    original query and, when an ``anchor`` set is given (what the original query
-    retrieves), that are in it; at most ``max_pairs``."""
-    out = []
-    for p, score in fused:
-        chans = [c for c, ids in channel_lists.items() if p in ids]
-        if len(chans) >= min_agree and p not in labelled and (anchor is None or p in anchor):
-            out.append((p, chans, float(score)))
-            if max_pairs is not None and len(out) >= max_pairs:
-                break
-    return out
-
-
-# ----------------------------------------------------------------------------- shift
-
-def shift_stats(rewrites: list[str], real: list[str], embed=None) -> dict:
-    """Distribution shift of the rewrites against real queries: word-length mean/std of
-    both, the share of rewrite words seen in the real queries, and with ``embed``
-    (texts -> L2-normalised rows) the cosine of the two centroids, the mean
-    nearest-neighbour cosine of each rewrite to the real queries, and as its baseline the
-    same for each real query to the other real queries."""
-    lens = {name: [len(terms(t)) for t in texts] for name, texts in (("synthetic", rewrites), ("real", real))}
-    vocab = {w for t in real for w in terms(t)}
-    words = [w for t in rewrites for w in terms(t)]
-    out = {f"{name}_length_{f.__name__}": float(f(v)) if v else 0.0
-           for name, v in lens.items() for f in (np.mean, np.std)}
-    out["vocab_overlap"] = sum(w in vocab for w in words) / len(words) if words else 0.0
-    if embed is not None and rewrites and len(real) > 1:
-        s, r = embed(rewrites), embed(real)
-        cs, cr = s.mean(0), r.mean(0)
-        out["centroid_cosine"] = float(cs @ cr / (np.linalg.norm(cs) * np.linalg.norm(cr)))
-        out["mean_nn_similarity"] = float((s @ r.T).max(1).mean())
-        rr = r @ r.T
-        np.fill_diagonal(rr, -np.inf)
-        out["real_nn_similarity"] = float(rr.max(1).mean())
-    return out
-
-
 # ----------------------------------------------------------------------------- pipeline
 
 class Pipeline:
@@ -241,8 +113,8 @@ class Pipeline:
         self.specs, self.k, self.c = list(channels), k, c
         self.retrievers: dict = {}
 
-    def fit(self, dataset: Dataset, progress: bool = False) -> "Pipeline":
-        from .retriever import load_retriever, make_retriever
+    def fit(self, dataset: Dataset, *, progress: bool = False) -> "Pipeline":
+        from ..retriever import load_retriever, make_retriever
 
         for spec in self.specs:
             if "/" in spec and not Path(spec).is_dir():
@@ -259,7 +131,7 @@ class Pipeline:
 
     def embedder(self):
         """texts -> normalised MiniLM rows: a dense channel's encoder, else the default one."""
-        from .dense import DenseRetriever, _encode, load_encoder
+        from ..dense import DenseRetriever, _encode, load_encoder
 
         dense = next((r for r in self.retrievers.values() if isinstance(r, DenseRetriever)), None)
         if dense is not None:
@@ -287,6 +159,7 @@ def _prompt_ids(tokenizer, query: str) -> list[int]:
     return tokenizer(PROMPT.format(query=query), add_special_tokens=False)["input_ids"]
 
 
+@caller_rng()
 def generate(model, tokenizer, queries: list[str], cfg: SynthConfig, progress: bool = False) -> list[list[str]]:
     """Up to ``cfg.candidates`` distinct rewrites per query (sampled or beams): the text up
     to the first special token, whitespace-normalised, duplicates dropped."""
@@ -417,12 +290,13 @@ def _tsv(value) -> str:
     return " ".join(str(value).split())  # no tab or newline may reach a TSV cell
 
 
+@caller_rng()
 def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bool = True) -> dict:
     """Train the rewriter (SFT, then DPO), rewrite ``cfg.queries`` train queries, curate
     pairs and write ``out/{pairs.tsv, candidates.tsv, report.json, synth.png}`` and the
     rewriter (``out/rewriter``, a backbone directory: pass it as ``backbone`` with
     ``sft_pairs=0, dpo_queries=0`` to rewrite more queries) atomically. Returns the report."""
-    from .backbone import default_backbone, encode_text, load_backbone, save_backbone
+    from ..backbone import default_backbone, encode_text, load_backbone, save_backbone
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -450,7 +324,7 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
                                            for a, b in pairs], work / "sft", train_cfg)
             t["sft_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pipeline = Pipeline(cfg.channels, cfg.k, cfg.rrf_c).fit(dataset, progress)
+        pipeline = Pipeline(cfg.channels, cfg.k, cfg.rrf_c).fit(dataset, progress=progress)
         t["pipeline_fit_seconds"] = time.perf_counter() - t0
         vocab = {w for text in [*dataset.titles, *texts(dataset.split("train", evaluated_only=False))]
                  for w in terms(text)}
