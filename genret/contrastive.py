@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_callback import PrinterCallback, TrainerCallback
+from transformers.trainer_callback import TrainerCallback
 
 from .training import resume_from, train_resumable
 
@@ -116,13 +116,11 @@ class ContrastiveTrainer(Trainer):
     """A Trainer over a schedule of global batches (see the module docstring); ``task``
     gives the optimizer's parameter groups and each step's loss (see :func:`train_schedule`)."""
 
-    def __init__(self, task, model, args: TrainingArguments, progress: bool):
+    def __init__(self, task, model, args: TrainingArguments):
         self.task = task
         self._terms: list[dict] = []
         super().__init__(model=model, args=args, train_dataset=_Rows(len(task.schedule) * task.global_batch),
                          data_collator=_collate, callbacks=[_LogLastStep()])
-        if not progress:
-            self.remove_callback(PrinterCallback)
 
     # -- data: the schedule's rows in order, a private generator (the global RNG feeds dropout)
     def get_train_dataloader(self):
@@ -185,7 +183,7 @@ def keyed(module: torch.nn.Module, config) -> types.SimpleNamespace:
     return types.SimpleNamespace(config=config, state_dict=module.state_dict)
 
 
-def train_schedule(task, model, args: TrainingArguments, run: dict, progress: bool) -> list[dict]:
+def train_schedule(task, model, args: TrainingArguments, run: dict) -> list[dict]:
     """Train ``model`` on ``task`` (attributes ``schedule``: one entry per step,
     ``global_batch``, ``warmup`` steps, ``log_mean``: log the mean of the terms since the last
     log, else the step's own; methods ``param_groups()`` and ``step_loss(model, step, local)``
@@ -193,7 +191,7 @@ def train_schedule(task, model, args: TrainingArguments, run: dict, progress: bo
     examples ``local``), resuming the last checkpoint of the run keyed ``run`` in
     ``args.output_dir``. Returns the log: per logged step ``step``, the terms and ``lr``."""
     resume = resume_from(Path(args.output_dir), run)
-    trainer = ContrastiveTrainer(task, model, args, progress)
+    trainer = ContrastiveTrainer(task, model, args)
     train_resumable(trainer, resume)
     history = trainer.state.log_history
     if resume and trainer.state.global_step == 0:  # a finished run: weights loaded, nothing trained

@@ -476,7 +476,7 @@ def finetune(model, dataset, cfg: DenseConfig, out_dir: Path, progress: bool = T
     run = run_key("dense", settings, [data, masks], keyed(model, auto.config), model.tokenizer)
     try:
         task = _DenseTask(model, schedule, batch, max(1, int(cfg.warmup * steps)), dataset, cfg)
-        log = train_schedule(task, model, args, run, progress)
+        log = train_schedule(task, model, args, run)
     finally:
         model.max_seq_length = old_len
         model.eval()

@@ -379,7 +379,13 @@ def resume_from(out_dir: Path, run: dict) -> str | None:
 
 def train_resumable(trainer, resume: str | None) -> None:
     """``trainer.train()``, resuming from the checkpoint ``resume``. The checkpoint of a
-    finished run is only loaded: the Trainer would train one step past ``max_steps``."""
+    finished run is only loaded: the Trainer would train one step past ``max_steps``.
+    Without progress bars (``disable_tqdm``) the log stays in ``trainer_state.json``
+    instead of HF's printing every log dict to stdout."""
+    from transformers.trainer_callback import PrinterCallback
+
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
     done = resume and json.loads((Path(resume) / "trainer_state.json").read_text())
     if done and done["global_step"] >= done["max_steps"] and not (trainer.is_fsdp_enabled
                                                                    or trainer.is_deepspeed_enabled):

@@ -209,6 +209,6 @@ def train_encoder(enc: SparseEncoder, dataset, cfg: SparseConfig, out_dir: Path,
              [[dataset.catalog[p] for p in r] for r in s.negatives], _mask(s, dataset).tolist()] for s in schedule]
     run = run_key("sparse", settings, data, keyed(enc, enc.model.config), enc.tokenizer)
     try:
-        return train_schedule(_SparseTask(enc, schedule, batch, total, dataset, cfg), enc, args, run, progress)
+        return train_schedule(_SparseTask(enc, schedule, batch, total, dataset, cfg), enc, args, run)
     finally:
         enc.eval()
