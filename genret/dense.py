@@ -53,7 +53,6 @@ from tqdm.auto import tqdm
 
 from . import cache_dir
 from .artifact import ArtifactError, atomic_dir, reads_artifact, sha256
-from .backbone import preserved_rng
 from .data import terms
 from .eval import Run, tiebreak_keys
 from .retriever import Retriever, as_queries
@@ -547,7 +546,7 @@ class DenseRetriever(Retriever):
         base = encoder_identity(self.cfg.encoder)
         if self.cfg.train:
             self.model = load_encoder(self.cfg.encoder, fresh=True)
-            with work_dir(out_dir, "genret-dense-") as work, preserved_rng():
+            with work_dir(out_dir, "genret-dense-") as work:
                 self.training = finetune(self.model, dataset, self.cfg, work, progress)
             self.identity = {"name": f"{base['name']} (fine-tuned)", "path": None,
                              "weights_sha256": state_digest(self.model), "fine_tuned": True,

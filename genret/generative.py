@@ -123,28 +123,27 @@ class GenerativeRetriever(Retriever):
         """SFT (stage 'sft'), or SFT-then-DPO / DPO on ``init`` (stage 'dpo'); an ``init``
         trained already is not trained again. Training state goes to ``out_dir``'s ``sft``
         and ``dpo`` folders. Bars show where ``progress`` and ``train.progress`` are both on.
-        Seeded by ``cfg.seed``; the caller's torch RNG state is left as it was."""
+        Seeded by ``cfg.seed`` (the base :meth:`fit` gives the caller's random state back)."""
         show = bool(progress and self.cfg.train.progress)
         train = dataclasses.replace(self.cfg.train, progress=show)
-        with torch.random.fork_rng():
-            torch.manual_seed(self.cfg.seed)
-            rng = np.random.default_rng(self.cfg.seed)
-            self._fitted_on(dataset)
-            self._load_start(dataset, show)
-            self._setup_catalog(dataset)
-            with work_dir(out_dir, f"genret-{self.kind}-") as work:
-                if not (self.init and self.info.get("stage") in STAGES):
-                    ex = self.examples(dataset, rng)
-                    t0 = time.perf_counter()
-                    self.model = sft(self.model, self.tokenizer, ex, work / "sft", train,
-                                     trainable_tokens=self._trainable_tokens())
-                    self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
-                if self.stage == "dpo":
-                    t0 = time.perf_counter()
-                    pairs, stats = self.mine_pairs(dataset, rng, show)
-                    self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", train)
-                    self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0,
-                                     **stats)
+        torch.manual_seed(self.cfg.seed)
+        rng = np.random.default_rng(self.cfg.seed)
+        self._fitted_on(dataset)
+        self._load_start(dataset, show)
+        self._setup_catalog(dataset)
+        with work_dir(out_dir, f"genret-{self.kind}-") as work:
+            if not (self.init and self.info.get("stage") in STAGES):
+                ex = self.examples(dataset, rng)
+                t0 = time.perf_counter()
+                self.model = sft(self.model, self.tokenizer, ex, work / "sft", train,
+                                 trainable_tokens=self._trainable_tokens())
+                self.info.update(stage="sft", sft_examples=len(ex), sft_seconds=time.perf_counter() - t0)
+            if self.stage == "dpo":
+                t0 = time.perf_counter()
+                pairs, stats = self.mine_pairs(dataset, rng, show)
+                self.model = dpo(self.model, self.tokenizer, pairs, work / "dpo", train)
+                self.info.update(stage="dpo", dpo_pairs=len(pairs), dpo_seconds=time.perf_counter() - t0,
+                                 **stats)
         self.model.eval()
 
     def mine_pairs(self, dataset, rng: np.random.Generator, progress: bool = False) -> tuple[list[dict], dict]:

@@ -78,8 +78,8 @@ def override_config(cfg, owner: str, overrides: Mapping):
     """``cfg`` (a dataclass) with ``overrides`` applied; nested dataclass fields take a
     mapping merged into them. Unknown keys raise one ValueError naming the valid ones;
     the dataclass's own checks (``__post_init__``) run on the result."""
-    valid = {f.name: f for f in dataclasses.fields(cfg)}
-    bad = sorted(set(overrides) - set(valid))
+    valid = {f.name for f in dataclasses.fields(cfg)}
+    bad = sorted(set(overrides) - valid)
     if bad:
         raise ValueError(f"{owner}: unknown setting(s) {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
     changes = {}

@@ -10,7 +10,6 @@ load a real checkpoint. :func:`default_backbone` caches it per preset, seed and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -19,11 +18,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .. import cache_dir as genret_cache_dir
 from ..artifact import ArtifactError, check_output_dir, read_manifest
+from ..retriever import caller_rng
 from .loading import KIND, save_backbone
 from .tokenizer import (EOS, MARKERS, SPECIAL_TOKENS, BackboneError, _set_specials, encode_text,
                         encode_title, special_ids)
@@ -245,21 +244,6 @@ def default_backbone(dataset, preset: str | Preset = "small", seed: int = 0,
         except ArtifactError as e:
             raise BackboneError(str(e)) from None
     else:
-        with preserved_rng():  # a cache miss must not change what the caller draws next
+        with caller_rng():  # a cache miss must not change what the caller draws next
             pretrain(dataset, path, cfg, seed, progress=progress)
     return path
-
-
-@contextlib.contextmanager
-def preserved_rng():
-    """Restore the torch (CPU and CUDA), numpy and ``random`` global generators on exit:
-    pretraining seeds and draws from all of them."""
-    import random
-
-    states = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng():
-            yield
-    finally:
-        np.random.set_state(states[0])
-        random.setstate(states[1])

@@ -43,11 +43,10 @@ class SparseRetriever(Retriever):
 
     def _fit(self, dataset, *, out_dir, progress: bool) -> None:
         """Train on ``dataset``'s train split (training state in ``out_dir``), then index its catalog."""
-        from ..backbone import preserved_rng
         from ..training import work_dir
 
         self._fitted_on(dataset)
-        with preserved_rng(), work_dir(out_dir, f"genret-{self.kind}-") as work:
+        with work_dir(out_dir, f"genret-{self.kind}-") as work:
             torch.manual_seed(self.cfg.seed)  # the heads' initial weights
             self.encoder = SparseEncoder.from_pretrained(self.cfg, dataset).to(self._device())
             t0 = time.perf_counter()
