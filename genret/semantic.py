@@ -35,7 +35,8 @@ from .training import TrainConfig, check_config
 PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
 PRUNE_MODES = ("none", "drop", "adaptive")
-ID_INITS = ("auto", "content", "mean", "random")
+ID_INITS = ("auto", "codebook", "content", "mean", "random")
+CENTRE_PROMPTS = 256  # title prompts whose mean output state centres the "codebook" init
 
 
 def embedding_cache() -> Path:
@@ -80,7 +81,7 @@ class SemanticConfig:
     max_new_tokens: int | None = None
     decode_batch_size: int = 8
     indexing_examples: bool = True  # title -> ID for every product
-    id_init: str = "auto"  # new ID-token embeddings: auto | content | mean | random (init_id_embeddings)
+    id_init: str = "auto"  # new ID-token embeddings: auto | codebook | content | mean | random (init_id_embeddings)
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -161,6 +162,12 @@ class SemanticIDRetriever(GenerativeRetriever):
         of the existing rows (what HF's mean resizing amounts to: it samples with 1e-9 x
         their covariance). "random": normal with the mean and per-dimension spread of the
         existing rows, so ID tokens start distinct and on the scale of real tokens.
+        "codebook": a level-l token starts at its code's residual k-means centroid (the ID
+        encoder's space; it must have the backbone's hidden size, as MiniLM IDs on MiniLM
+        do), scaled by one factor (mean old row norm / mean level-1 centroid norm), and
+        its output bias (where the head has one) is minus the row's dot product with the
+        mean output state of up to ``CENTRE_PROMPTS`` title prompts, so a first ID token's
+        logit starts as (state - mean state) . centroid; dedup tokens get the mean row.
         "auto": content for full fine-tuning, random for LoRA. Measured in
         docs/semantic_gr.md: full FT learns faster from mean than from random rows, and
         faster still from content rows; LoRA + trainable tokens barely learns from mean
@@ -180,6 +187,9 @@ class SemanticIDRetriever(GenerativeRetriever):
                 g = torch.Generator().manual_seed(self.cfg.seed)
                 vec = torch.randn(len(rows), emb.shape[1], generator=g, dtype=emb.dtype)
             new = ref.mean(0) + vec * ref.std(0)
+            if mode == "codebook":
+                self._codebook_init(rows_t, new, ref, titles)
+                return
             if mode == "content" and titles is not None:
                 sums, counts = self._content_sums(titles, emb)
                 pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}
@@ -191,6 +201,51 @@ class SemanticIDRetriever(GenerativeRetriever):
             out = self.model.get_output_embeddings()
             if out is not None and out.weight.data_ptr() != emb.data_ptr():
                 out.weight[rows_t] = emb[rows_t]
+
+    def _codebook_init(self, rows: torch.Tensor, new: torch.Tensor, ref: torch.Tensor,
+                       titles: list[str] | None) -> None:
+        """The "codebook" init of :meth:`init_id_embeddings` (``new``: the mean rows)."""
+        books = getattr(self.sids.quantizer, "codebooks", None)
+        if books is None:
+            raise ValueError(f"id_init='codebook' needs residual k-means IDs (codebooks in the encoder's "
+                             f"space); these IDs use {self.sids.config.quantizer!r}: use id_init='content'")
+        emb = self.model.get_input_embeddings().weight
+        if books.shape[-1] != emb.shape[1]:
+            raise ValueError(f"id_init='codebook' needs the ID encoder's dimension ({books.shape[-1]}) to "
+                             f"equal the backbone's hidden size ({emb.shape[1]}); use id_init='content'")
+        books = torch.as_tensor(np.asarray(books), dtype=emb.dtype)
+        scale = ref.norm(dim=1).mean() / books[0].norm(dim=1).mean().clamp_min(1e-9)
+        pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}
+        pairs = [self.sids.space.pair(pos[int(r)]) for r in rows]
+        held = torch.tensor([lv <= books.shape[0] for lv, _ in pairs])
+        new[held] = scale * torch.stack([books[lv - 1, c] for lv, c in pairs if lv <= books.shape[0]])
+        emb[rows] = new
+        out = self.model.get_output_embeddings()
+        if out.weight.data_ptr() != emb.data_ptr():
+            out.weight[rows] = new
+        if getattr(out, "bias", None) is not None and titles:
+            centre = self._mean_output_state(titles)
+            out.bias[rows[held]] = -(new[held] @ centre)
+
+    def _mean_output_state(self, titles: list[str]) -> torch.Tensor:
+        """Mean input of the output layer at the last position of up to ``CENTRE_PROMPTS``
+        title prompts (a seeded sample): what every next-token state shares."""
+        rng = np.random.default_rng(self.cfg.seed)
+        pick = rng.choice(len(titles), min(CENTRE_PROMPTS, len(titles)), replace=False)
+        states = []
+        hook = self.model.get_output_embeddings().register_forward_pre_hook(
+            lambda _m, args: states.append(args[0][:, -1]))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for i in pick:  # one at a time: no padding, the last position is the prompt's end
+                    ids = self.tokenizer(TITLE_PROMPT.format(title=titles[i]), add_special_tokens=False)["input_ids"]
+                    self.model(input_ids=torch.tensor([ids]))
+        finally:
+            hook.remove()
+            self.model.train(was_training)
+        return torch.cat(states).mean(0)
 
     def _content_sums(self, titles: list[str], emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per token of the ID space: the sum of its items' mean title-token embeddings,

@@ -199,3 +199,55 @@ def test_registry_rows_on_minilm():
         r = make_retriever(name)
         assert r.cfg.backbone == "minilm" and r.stage == name.rsplit("-", 1)[1]
     assert make_retriever("gr-sid-minilm-drop-dpo").cfg.prune == "drop"
+
+
+def test_codebook_init_starts_id_tokens_at_their_centroids(tiny_backbone, tok, tmp_path):
+    """id_init="codebook": a level-l ID token's row is its residual k-means centroid (one
+    scale for all), dedup tokens get the mean row, and the output bias centres the first
+    ID token's logit over the title prompts it was computed on; a backbone whose hidden
+    size differs from the ID encoder's is refused."""
+    import numpy as np
+
+    from conftest import write_tsv_dataset
+    from genret.backbone import save_backbone
+    from genret.cli import main
+    from genret.data import synthetic_dataset
+    from genret.semantic import TITLE_PROMPT, SemanticIDRetriever
+
+    ds = synthetic_dataset(n_products=60, n_queries=40)
+    data = write_tsv_dataset(ds, tmp_path / "data")
+    assert main(["sid", "build", "--data", str(data), "--out", str(tmp_path / "sid"), "--levels", "2",
+                 "--codebook", "8", "--quiet"]) == 0
+    torch.manual_seed(0)
+    wide = from_minilm(tok.convert_tokens_to_ids(PROMPT_ENDS), len(tok), pretrained=False,
+                       **{**TINY, "hidden_size": 384, "num_attention_heads": 6}).eval()
+    bb = save_backbone(wide, tok, tmp_path / "wide")
+    r = SemanticIDRetriever(stage="sft", sid=str(tmp_path / "sid"), backbone=str(bb), id_init="codebook", train=LORA)
+    r._load_start(ds)
+    titles = [ds.catalog[p] for p in r.sids.item_ids]
+    r.add_id_tokens(titles)
+    r.model.eval()
+    emb = r.model.get_input_embeddings().weight.detach()
+    books = torch.as_tensor(r.sids.quantizer.codebooks)
+    space = r.sids.space
+    ratios = []
+    for level in (1, 2):
+        rows = torch.as_tensor(r.token_map[space.index(level, np.arange(8))])
+        assert torch.nn.functional.cosine_similarity(emb[rows], books[level - 1]).min() > 0.9999
+        ratios.append(emb[rows].norm(dim=1) / books[level - 1].norm(dim=1))
+    ratios = torch.cat(ratios)
+    assert torch.allclose(ratios, ratios[0], rtol=1e-4)  # one scale for every level
+    dedup = torch.as_tensor(r.token_map[space.index(3, np.arange(space.dedup_size))])
+    assert torch.allclose(emb[dedup], emb[dedup[0]].expand_as(emb[dedup]))
+    first = torch.as_tensor(r.token_map[space.index(1, np.arange(8))])
+    with torch.no_grad():
+        logits = torch.stack([r.model(input_ids=torch.tensor([tok(TITLE_PROMPT.format(title=t),
+                                                                  add_special_tokens=False)["input_ids"]]))
+                              .logits[0, -1, first] for t in titles])
+    assert logits.std(0).min() > 1e-3 and logits.mean(0).abs().max() < 1e-4  # centred over the 60 prompts
+
+    narrow = SemanticIDRetriever(stage="sft", sid=str(tmp_path / "sid"), backbone=str(tiny_backbone),
+                                 id_init="codebook", train=LORA)
+    narrow._load_start(ds)
+    with pytest.raises(ValueError, match="hidden size"):
+        narrow.add_id_tokens(titles)
