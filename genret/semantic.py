@@ -81,7 +81,7 @@ class SemanticConfig:
     max_new_tokens: int | None = None
     decode_batch_size: int = 8
     indexing_examples: bool = True  # title -> ID for every product
-    id_init: str = "auto"  # new ID-token embeddings: auto | codebook | content | mean | random (init_id_embeddings)
+    id_init: str = "auto"  # new ID-token rows: auto | codebook | content | mean | random (init_id_embeddings)
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -139,6 +139,8 @@ class SemanticIDRetriever(GenerativeRetriever):
         set ``token_map`` (ID token -> tokenizer id; the end-of-ID token -> EOS). New rows
         are initialised by :meth:`init_id_embeddings` (``titles``: one per ID item, for the
         "content" init). Returns the tokens that were new."""
+        if self.cfg.id_init == "codebook":
+            self._codebooks()  # refused before the tokenizer or the model change
         tokens = self.sids.space.tokens()[1:]
         vocab = self.tokenizer.get_vocab()
         new = [t for t in tokens if t not in vocab]
@@ -168,7 +170,9 @@ class SemanticIDRetriever(GenerativeRetriever):
         its output bias (where the head has one) is minus the row's dot product with the
         mean output state of up to ``CENTRE_PROMPTS`` title prompts, so a first ID token's
         logit starts as (state - mean state) . centroid; dedup tokens get the mean row.
-        "auto": content for full fine-tuning, random for LoRA. Measured in
+        "auto": content for full fine-tuning; for LoRA codebook where it fits (residual
+        k-means IDs of the backbone's width: MiniLM IDs on MiniLM, chosen on dev in
+        docs/semantic_gr.md), else random. Measured in
         docs/semantic_gr.md: full FT learns faster from mean than from random rows, and
         faster still from content rows; LoRA + trainable tokens barely learns from mean
         rows (the frozen final norm caps the logit scale) and learns from random ones.
@@ -179,7 +183,7 @@ class SemanticIDRetriever(GenerativeRetriever):
         old[rows_t] = False
         mode = self.cfg.id_init
         if mode == "auto":
-            mode = "content" if self.cfg.train.full else "random"
+            mode = "content" if self.cfg.train.full else "codebook" if self._codebook_fits() else "random"
         with torch.no_grad():
             ref = emb[old]
             vec = torch.zeros(len(rows), emb.shape[1], dtype=emb.dtype)
@@ -202,28 +206,41 @@ class SemanticIDRetriever(GenerativeRetriever):
             if out is not None and out.weight.data_ptr() != emb.data_ptr():
                 out.weight[rows_t] = emb[rows_t]
 
-    def _codebook_init(self, rows: torch.Tensor, new: torch.Tensor, ref: torch.Tensor,
-                       titles: list[str] | None) -> None:
-        """The "codebook" init of :meth:`init_id_embeddings` (``new``: the mean rows)."""
+    def _codebook_fits(self) -> bool:
+        try:
+            return self._codebooks() is not None
+        except ValueError:
+            return False
+
+    def _codebooks(self) -> np.ndarray:
+        """The quantiser's (levels, codebook, dim) centroids, refused where they cannot seed
+        the ID-token rows."""
         books = getattr(self.sids.quantizer, "codebooks", None)
         if books is None:
             raise ValueError(f"id_init='codebook' needs residual k-means IDs (codebooks in the encoder's "
                              f"space); these IDs use {self.sids.config.quantizer!r}: use id_init='content'")
-        emb = self.model.get_input_embeddings().weight
-        if books.shape[-1] != emb.shape[1]:
+        width = self.model.get_input_embeddings().weight.shape[1]
+        if books.shape[-1] != width:
             raise ValueError(f"id_init='codebook' needs the ID encoder's dimension ({books.shape[-1]}) to "
-                             f"equal the backbone's hidden size ({emb.shape[1]}); use id_init='content'")
-        books = torch.as_tensor(np.asarray(books), dtype=emb.dtype)
+                             f"equal the backbone's hidden size ({width}); use id_init='content'")
+        return books
+
+    def _codebook_init(self, rows: torch.Tensor, new: torch.Tensor, ref: torch.Tensor,
+                       titles: list[str] | None) -> None:
+        """The "codebook" init of :meth:`init_id_embeddings` (``new``: the mean rows)."""
+        emb = self.model.get_input_embeddings().weight
+        books = torch.as_tensor(np.asarray(self._codebooks()), dtype=emb.dtype)
         scale = ref.norm(dim=1).mean() / books[0].norm(dim=1).mean().clamp_min(1e-9)
         pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}
         pairs = [self.sids.space.pair(pos[int(r)]) for r in rows]
         held = torch.tensor([lv <= books.shape[0] for lv, _ in pairs])
-        new[held] = scale * torch.stack([books[lv - 1, c] for lv, c in pairs if lv <= books.shape[0]])
+        if held.any():  # (a re-index may add dedup tokens only)
+            new[held] = scale * torch.stack([books[lv - 1, c] for lv, c in pairs if lv <= books.shape[0]])
         emb[rows] = new
         out = self.model.get_output_embeddings()
         if out.weight.data_ptr() != emb.data_ptr():
             out.weight[rows] = new
-        if getattr(out, "bias", None) is not None and titles:
+        if getattr(out, "bias", None) is not None and titles and held.any():
             centre = self._mean_output_state(titles)
             out.bias[rows[held]] = -(new[held] @ centre)
 

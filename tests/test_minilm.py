@@ -204,8 +204,8 @@ def test_registry_rows_on_minilm():
 def test_codebook_init_starts_id_tokens_at_their_centroids(tiny_backbone, tok, tmp_path):
     """id_init="codebook": a level-l ID token's row is its residual k-means centroid (one
     scale for all), dedup tokens get the mean row, and the output bias centres the first
-    ID token's logit over the title prompts it was computed on; a backbone whose hidden
-    size differs from the ID encoder's is refused."""
+    ID token's logit over the title prompts it was computed on; "auto" under LoRA picks it
+    where it fits; a backbone whose hidden size differs from the ID encoder's is refused."""
     import numpy as np
 
     from conftest import write_tsv_dataset
@@ -246,8 +246,16 @@ def test_codebook_init_starts_id_tokens_at_their_centroids(tiny_backbone, tok, t
                               .logits[0, -1, first] for t in titles])
     assert logits.std(0).min() > 1e-3 and logits.mean(0).abs().max() < 1e-4  # centred over the 60 prompts
 
+    auto = SemanticIDRetriever(stage="sft", sid=str(tmp_path / "sid"), backbone=str(bb), train=LORA)
+    auto._load_start(ds)
+    auto.add_id_tokens(titles)  # id_init="auto" under LoRA: codebook, where it fits
+    assert torch.equal(auto.model.get_input_embeddings().weight, r.model.get_input_embeddings().weight)
+    assert torch.equal(auto.model.lm_head.bias, r.model.lm_head.bias)
+
     narrow = SemanticIDRetriever(stage="sft", sid=str(tmp_path / "sid"), backbone=str(tiny_backbone),
                                  id_init="codebook", train=LORA)
     narrow._load_start(ds)
     with pytest.raises(ValueError, match="hidden size"):
         narrow.add_id_tokens(titles)
+    narrow.cfg.id_init = "auto"  # where it does not fit, auto falls back to random rows
+    assert narrow.add_id_tokens(titles)
