@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 rows=("$@"); [ ${#rows[@]} -gt 0 ] || rows=(prosper-no-lrn prosper-no-lfw prosper-maxpool prosper-lrn-add prosper-no-norm)
 for r in "${rows[@]}"; do
   OMP_NUM_THREADS=1 .venv/bin/python experiments/sparse_homedepot.py "$r" --out "results/sparse/$r" \
-    --set max_steps=400 batch_size=32 > "results/sparse/$r.log" 2>&1
+    --set preset=small max_steps=400 batch_size=32 > "results/sparse/$r.log" 2>&1
 done

@@ -4,8 +4,10 @@ test, the # FLOPS figure and a term-weight case study.
 
     .venv/bin/python experiments/sparse_homedepot.py splade --out results/sparse/splade \\
         --set max_steps=200 batch_size=32
+    .venv/bin/python experiments/sparse_homedepot.py prosper --out results/sparse/prosper-minilm \\
+        --set max_steps=400 batch_size=32            # MiniLM, the default backbone
     .venv/bin/python experiments/sparse_homedepot.py prosper --out results/sparse/prosper \\
-        --set backbone=.cache/backbone-small max_steps=600
+        --set preset=small max_steps=400 batch_size=32   # the embedded 6.2M LM
 
 Writes ``OUT/model`` (the saved retriever), ``OUT/metrics.json``, ``OUT/case_study.{md,json}``
 and TREC runs. Values after ``--set`` are parsed as JSON when they can be (numbers, true,

@@ -201,12 +201,16 @@ def cmd_train(args) -> int:
 
     name = TRAIN_MODES[args.mode].format(stage=args.stage)
     params = parse_overrides(args.set)
+    if args.backbone and args.preset:
+        raise ValueError("--backbone and --preset both given: --preset picks genret's embedded LM of "
+                         "that size, --backbone another model; give one of them")
+    if args.backbone or args.preset:
+        if args.mode == "dense":
+            raise ValueError("--backbone/--preset apply to the LM channels; the dense encoder is "
+                             "set with --set encoder=PATH")
+        params.update({k: v for k, v in (("backbone", args.backbone), ("preset", args.preset)) if v})
     if args.mode in ("multispan", "semantic-id"):
         params.update(stage=args.stage, init=args.init)
-        if args.backbone:
-            params["backbone"] = args.backbone
-        if args.preset:
-            params["preset"] = args.preset
         if args.full:
             params.setdefault("train", {})["full"] = True
         if args.sid:
@@ -463,8 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="sft", choices=["sft", "dpo"],
                    help="generative modes: sft, or dpo (on --init, or after an SFT pass)")
     p.add_argument("--init", help="start from a saved generative retriever (e.g. the SFT one)")
-    p.add_argument("--backbone", help="HF causal LM name or path (default: the embedded one)")
-    p.add_argument("--preset", help="size of the embedded backbone: tiny or small")
+    p.add_argument("--backbone", help="HF model name or path, minilm, or embedded (default: the "
+                                      "packaged MiniLM)")
+    p.add_argument("--preset", help="train on genret's embedded LM of this size: tiny or small")
     p.add_argument("--sid", help="semantic-ID directory from `genret sid build`")
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -107,14 +107,14 @@ class GenerativeRetriever(Retriever):
     # -- fit -----------------------------------------------------------------
     def _load_start(self, dataset, progress: bool = False) -> None:
         """The model to train: the saved ``init`` retriever's, else the backbone."""
-        from .backbone import default_backbone, load_backbone
+        from .backbone import load_backbone, resolve_backbone
 
         if self.init:
             other = type(self).load(self.init)
             self.model, self.tokenizer, self.info = other.model, other.tokenizer, dict(other.info)
         else:
             other = None
-            path = self.cfg.backbone or default_backbone(dataset, self.cfg.preset, self.cfg.seed, progress=progress)
+            path = resolve_backbone(self.cfg.backbone, self.cfg.preset, dataset, self.cfg.seed, progress)
             self.model, self.tokenizer = load_backbone(path)
             self.info = {"backbone": str(path)}
         self._start(dataset, other, progress)

@@ -225,8 +225,8 @@ def preference_pair(hyps, finds: list[bool]):
 
 @dataclass
 class MultispanConfig:
-    backbone: str | None = None  # HF name/path; None = the embedded default, pretrained here
-    preset: str = "small"  # embedded default size when backbone is None
+    backbone: str | None = None  # HF name/path, "minilm" or "embedded"; None = MiniLM unless preset is given
+    preset: str | None = None  # tiny | small: genret's embedded LM of this size (genret.backbone.resolve_backbone)
     max_spans: int = 3
     max_span_tokens: int = 8
     num_beams: int = 20  # dev (experiments/lexical_dev.py): R@1000 0.698 vs 0.668 at 10, +25% decode time

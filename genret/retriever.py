@@ -57,7 +57,8 @@ REGISTRY: dict[str, tuple[str, str, dict]] = {
     "gr-sid-drop-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "prune": "drop"}),
     "gr-sid-adaptive-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft", "prune": "adaptive"}),
     "gr-sid-adaptive-dpo": ("genret.semantic", "SemanticIDRetriever", {"stage": "dpo", "prune": "adaptive"}),
-    # the same channels on the pretrained MiniLM backbone (prefix-LM; genret.minilm)
+    # the same channels naming the MiniLM backbone (prefix-LM; genret.minilm): the default since
+    # session 7, so these equal the rows above unless a preset is given (resolve_backbone)
     "gr-multispan-minilm-sft": ("genret.lexical", "MultispanRetriever", {"stage": "sft", "backbone": "minilm"}),
     "gr-multispan-minilm-dpo": ("genret.lexical", "MultispanRetriever", {"stage": "dpo", "backbone": "minilm"}),
     "gr-sid-minilm-sft": ("genret.semantic", "SemanticIDRetriever", {"stage": "sft", "backbone": "minilm"}),

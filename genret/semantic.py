@@ -74,8 +74,8 @@ class SemanticConfig:
     prune: str | None = None
     top_k: int = 16
     encoder: str | None = None
-    backbone: str | None = None  # HF name/path; None = the embedded default, pretrained here
-    preset: str = "small"
+    backbone: str | None = None  # HF name/path, "minilm" or "embedded"; None = MiniLM unless preset is given
+    preset: str | None = None  # tiny | small: genret's embedded LM of this size (genret.backbone.resolve_backbone)
     seed: int = 0
     num_beams: int = 20
     max_new_tokens: int | None = None

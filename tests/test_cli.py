@@ -146,6 +146,17 @@ def test_train_refuses_a_bad_trainer_argument_before_loading_data(tmp_path, caps
     assert message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("mode, flags, message", [
+    ("multispan", ["--backbone", "minilm", "--preset", "tiny"], "--backbone and --preset both given"),
+    ("dense", ["--preset", "tiny"], "--backbone/--preset apply to the LM channels"),
+])
+def test_train_refuses_backbone_flags_it_cannot_honour(tmp_path, capsys, mode, flags, message):
+    assert main(["train", "--mode", mode, "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "m"),
+                 *flags, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
 def test_compare_refuses_a_misspelled_fit_setting_in_one_line(synthetic_dir, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: t\nretrievers:\n  - name: bm25\n  - name: bm25-stem\n    fit: {k_1: 0.9}\n")

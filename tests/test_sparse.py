@@ -332,7 +332,6 @@ def test_registry_rows_and_ablation_configs():
     p, s = make_retriever("prosper").cfg, make_retriever("splade").cfg
     assert (p.pooling, p.lrn, p.lfw, p.norm, p.hard_negatives) == ("last", "residual", True, "q", 0)
     assert (s.pooling, s.lrn, s.lfw, s.norm, s.hard_negatives) == ("max", "none", False, "none", 1)
-    assert s.backbone == "minilm"
     with pytest.raises(ValueError, match="lrn"):
         make_retriever("prosper", lrn="bogus")
 
@@ -401,8 +400,11 @@ def test_term_case_study(prosper_trained, synthetic):
     assert md.count("\n| ") == 4 and "**" in md
 
 
-def test_default_backbone_is_the_embedded_lm(tiny_qwen, synthetic, monkeypatch):
-    import genret.backbone
+def test_backbone_is_minilm_unless_a_preset_picks_the_embedded_lm(tiny_qwen, synthetic, monkeypatch):
+    import genret.backbone.pretraining
+    from genret.backbone import resolve_backbone
+    from genret.minilm import minilm_path
+    from genret.sparse.encoder import _resolve_backbone
 
     calls = []
 
@@ -410,8 +412,17 @@ def test_default_backbone_is_the_embedded_lm(tiny_qwen, synthetic, monkeypatch):
         calls.append((dataset.name, preset, seed))
         return tiny_qwen
 
-    monkeypatch.setattr(genret.backbone, "default_backbone", fake_default)
-    r = make_retriever("prosper", max_steps=0, **FAST).fit(synthetic, progress=False, out_dir="ignored")
+    monkeypatch.setattr(genret.backbone.pretraining, "default_backbone", fake_default)
+    for name in ("prosper", "splade"):
+        c = make_retriever(name).cfg
+        assert resolve_backbone(c.backbone, c.preset, synthetic) == "minilm"
+        assert _resolve_backbone(c.backbone, synthetic, c.preset) == minilm_path()
+    assert calls == []
+    r = make_retriever("prosper", preset="small", max_steps=0, **FAST).fit(synthetic, progress=False,
+                                                                        out_dir="ignored")
     assert calls == [("synthetic", "small", 0)] and r.encoder.kind == "causal"
+    assert resolve_backbone("embedded", None, synthetic, seed=3) == str(tiny_qwen)
+    assert calls[-1] == ("synthetic", "small", 3)
+    assert resolve_backbone("some/dir", "tiny", synthetic) == "some/dir"  # a backbone given wins
     with pytest.raises(ValueError, match="prosper: unknown setting.*bogus; valid: .*lambda_q"):
         make_retriever("prosper").fit(synthetic, progress=False, bogus=1)

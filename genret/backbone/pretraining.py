@@ -247,3 +247,21 @@ def default_backbone(dataset, preset: str | Preset = "small", seed: int = 0,
         with caller_rng():  # a cache miss must not change what the caller draws next
             pretrain(dataset, path, cfg, seed, progress=progress)
     return path
+
+
+EMBEDDED = "embedded"
+
+
+def resolve_backbone(backbone: str | None, preset: str | None, dataset=None, seed: int = 0,
+                     progress: bool = False) -> str:
+    """What a channel trains on: ``backbone`` when given (an HF path or name, or "minilm");
+    genret's embedded LM of ``preset`` when ``preset`` is given or ``backbone="embedded"``
+    (pretrained on ``dataset`` on first use, then cached: :func:`default_backbone`); else
+    "minilm", the packaged all-MiniLM-L6-v2, the default since it won on dev for every
+    channel measured (docs/backbone.md)."""
+    if backbone == EMBEDDED or (backbone is None and preset is not None):
+        if dataset is None:
+            raise ValueError("the embedded backbone is pretrained on a dataset and none was given: pass "
+                             "backbone=PATH (a `genret pretrain` directory or any HF model) or a dataset")
+        return str(default_backbone(dataset, preset or "small", seed, progress=progress))
+    return backbone or "minilm"

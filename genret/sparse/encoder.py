@@ -36,9 +36,10 @@ class SparseConfig:
     """
 
     # --- model
-    backbone: str | None = "minilm"   # HF path; "minilm" = the packaged all-MiniLM-L6-v2;
-                                      # None = the embedded LM (genret.backbone.default_backbone)
-    preset: str = "small"             # ... of this preset, pretrained on first use and cached
+    backbone: str | None = None       # HF path, "minilm" (the packaged all-MiniLM-L6-v2) or
+                                      # "embedded"; None = MiniLM unless preset is given
+    preset: str | None = None         # tiny | small: genret's embedded LM of this size, pretrained
+                                      # on first use and cached (genret.backbone.resolve_backbone)
     backbone_type: str = "auto"       # "encoder" (AutoModel + MLM head) | "causal" | "auto"
     pooling: str = "max"              # "max" (SPLADE eq. 1) | "last" (PROSPER eq. 6)
     lrn: str = "none"                 # "none" | "residual" (eq. 9) | "add" (W = w + I ⊙ w')
@@ -209,19 +210,13 @@ def _backbone_kind(config, requested: str) -> str:
     return "causal"
 
 
-def _resolve_backbone(name: str | None, dataset=None, preset: str = "small", seed: int = 0) -> str:
-    """"minilm" -> the packaged MiniLM; None -> the embedded LM (genret.backbone's
-    ``default_backbone``: pretrained on ``dataset`` on first use, then cached); else a path."""
-    if name in (None, "default"):
-        if dataset is None:
-            raise ValueError("no backbone given and no dataset to build the embedded one from: pass "
-                             "backbone=PATH (a `genret pretrain` directory or any HF causal LM)")
-        from ..backbone import default_backbone
+def _resolve_backbone(name: str | None, dataset=None, preset: str | None = None, seed: int = 0) -> str:
+    """A loadable path: :func:`genret.backbone.resolve_backbone`, "minilm" mapped to the
+    packaged weights."""
+    from ..backbone import resolve_backbone
 
-        return str(default_backbone(dataset, preset, seed))
-    if name == "minilm":
-        return minilm_path()
-    return str(name)
+    path = resolve_backbone(name, preset, dataset, seed)
+    return minilm_path() if path == "minilm" else path
 
 
 class SparseEncoder(nn.Module):
