@@ -191,20 +191,23 @@ class SemanticIDRetriever(GenerativeRetriever):
                 g = torch.Generator().manual_seed(self.cfg.seed)
                 vec = torch.randn(len(rows), emb.shape[1], generator=g, dtype=emb.dtype)
             new = ref.mean(0) + vec * ref.std(0)
+            pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}  # tokenizer id -> ID-space index
+            sel = [pos[int(r)] for r in rows]
+            held = None
             if mode == "codebook":
-                self._codebook_init(rows_t, new, ref, titles)
-                return
+                held = self._codebook_rows(sel, new, ref)
             if mode == "content" and titles is not None:
                 sums, counts = self._content_sums(titles, emb)
-                pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}
-                sel = torch.as_tensor([pos[r] for r in rows])
-                held = counts[sel] > 0
-                cen = sums[sel][held] / counts[sel][held, None]
-                new[held] = cen * (ref.norm(dim=1).mean() / cen.norm(dim=1, keepdim=True).clamp_min(1e-9))
+                sel_t = torch.as_tensor(sel)
+                kept = counts[sel_t] > 0
+                cen = sums[sel_t][kept] / counts[sel_t][kept, None]
+                new[kept] = cen * (ref.norm(dim=1).mean() / cen.norm(dim=1, keepdim=True).clamp_min(1e-9))
             emb[rows_t] = new
             out = self.model.get_output_embeddings()
             if out is not None and out.weight.data_ptr() != emb.data_ptr():
                 out.weight[rows_t] = emb[rows_t]
+            if held is not None and held.any() and titles and getattr(out, "bias", None) is not None:
+                out.bias[rows_t[held]] = -(new[held] @ self._mean_output_state(titles))
 
     def _codebook_fits(self) -> bool:
         try:
@@ -225,24 +228,17 @@ class SemanticIDRetriever(GenerativeRetriever):
                              f"equal the backbone's hidden size ({width}); use id_init='content'")
         return books
 
-    def _codebook_init(self, rows: torch.Tensor, new: torch.Tensor, ref: torch.Tensor,
-                       titles: list[str] | None) -> None:
-        """The "codebook" init of :meth:`init_id_embeddings` (``new``: the mean rows)."""
-        emb = self.model.get_input_embeddings().weight
-        books = torch.as_tensor(np.asarray(self._codebooks()), dtype=emb.dtype)
+    def _codebook_rows(self, sel: list[int], new: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The "codebook" rows of :meth:`init_id_embeddings`: ID-space indices ``sel`` of
+        levels 1..L set in ``new`` to their scaled centroids (dedup tokens keep the mean
+        row); returns which were set."""
+        books = torch.as_tensor(np.asarray(self._codebooks()), dtype=new.dtype)
         scale = ref.norm(dim=1).mean() / books[0].norm(dim=1).mean().clamp_min(1e-9)
-        pos = {int(t): j for j, t in enumerate(self.token_map) if j > 0}
-        pairs = [self.sids.space.pair(pos[int(r)]) for r in rows]
+        pairs = [self.sids.space.pair(j) for j in sel]
         held = torch.tensor([lv <= books.shape[0] for lv, _ in pairs])
         if held.any():  # (a re-index may add dedup tokens only)
             new[held] = scale * torch.stack([books[lv - 1, c] for lv, c in pairs if lv <= books.shape[0]])
-        emb[rows] = new
-        out = self.model.get_output_embeddings()
-        if out.weight.data_ptr() != emb.data_ptr():
-            out.weight[rows] = new
-        if getattr(out, "bias", None) is not None and titles and held.any():
-            centre = self._mean_output_state(titles)
-            out.bias[rows[held]] = -(new[held] @ centre)
+        return held
 
     def _mean_output_state(self, titles: list[str]) -> torch.Tensor:
         """Mean input of the output layer at the last position of up to ``CENTRE_PROMPTS``
