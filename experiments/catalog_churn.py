@@ -16,7 +16,9 @@ averaged over the test queries that have any.
 
 Results merge into ``<out>.json`` channel by channel (a later run adds channels; the
 hold-out, seed and data must match), and ``<out>.md`` / ``<out>.png`` are re-rendered from
-all of them.
+all of them. Each model trains under ``--work/<channel>-<churn|full>``, which is kept: a
+re-run of the same command resumes an interrupted training from its last checkpoint
+(checkpoints resume only when the config is the same).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -162,11 +163,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="dataset (default: the Home Depot data)")
     ap.add_argument("--channels", default="bm25,bm25-stem,dense-zeroshot,dense",
                     help="comma-separated registry names")
-    ap.add_argument("--set", action="append", metavar="NAME.KEY=VALUE",
+    ap.add_argument("--set", action="extend", nargs="+", metavar="NAME.KEY=VALUE",
                     help="a channel setting, e.g. dense.max_steps=242 or gr-sid-sft.train.epochs=2")
     ap.add_argument("--fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/catalog_churn", help="output path without extension")
+    ap.add_argument("--work", default="results/catalog_churn", help="where the models train (kept, to resume)")
     args = ap.parse_args(argv)
     full = load_dataset(args.data)
     hidden = held_out(full, args.fraction, args.seed)
@@ -184,13 +186,12 @@ def main(argv=None) -> int:
     if results["meta"] != meta:
         sys.exit(f"{jpath} holds a run with another hold-out or dataset ({results['meta']}); use another --out")
     overrides = parse_overrides(args.set)
-    with tempfile.TemporaryDirectory(prefix="genret-churn-") as work:
-        for name in [c.strip() for c in args.channels.split(",") if c.strip()]:
-            cfg = {**CHANNELS.get(name, {}), **overrides.get(name, {})}
-            results["channels"][name] = run_channel(name, cfg, full, part, hidden, Path(work))
-            _write(jpath, json.dumps(results, indent=2))
-            _write(out.with_suffix(".md"), render(results))
-            plot(results, out.with_suffix(".png"))
+    for name in [c.strip() for c in args.channels.split(",") if c.strip()]:
+        cfg = {**CHANNELS.get(name, {}), **overrides.get(name, {})}
+        results["channels"][name] = run_channel(name, cfg, full, part, hidden, Path(args.work))
+        _write(jpath, json.dumps(results, indent=2))
+        _write(out.with_suffix(".md"), render(results))
+        plot(results, out.with_suffix(".png"))
     print(render(results))
     return 0
 
