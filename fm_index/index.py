@@ -422,6 +422,11 @@ class FMIndex:
             raise ValueError(f"offsets must lie in [0, n_tokens={self.n_tokens})")
         return K.doc_positions(self._doc_base, self._doc_delta, off)
 
+    @property
+    def alphabet(self):
+        """The distinct token ids of the indexed text, ascending (read-only)."""
+        return self._alphabet
+
     # ---------------------------------------------------------------- storage
     @property
     def nbytes(self):

@@ -148,3 +148,44 @@ def test_left_padded_batch_gives_the_beams_of_one_by_one_decoding(tiny_lm):
             assert s and all(con.index.count(np.array(span)) > 0 for span in con.spans(s))
     with pytest.raises(ValueError, match="right-padded"):
         _beams(model, tok, con, texts, "right")
+
+
+def test_restricted_head_leaves_the_beams_and_scores_unchanged(tiny_lm):
+    """The output layer over the constraint's vocabulary only: the same beams and scores
+    (renormalisation makes the other rows irrelevant), without calling the full layer."""
+    from semantic_id import PrefixTrie
+
+    from genret.decoding import TrieConstraint, constrained_beam_search, restricted_head
+
+    model, tok, con, texts = tiny_lm
+    head = model.get_output_embeddings()
+    trie = PrefixTrie.build([np.array(s) for s in ([1, 2, 0], [1, 3, 0], [2, 5, 0], [4, 0])])
+    ids = TrieConstraint(trie, 40, tok.eos_token_id)
+    assert ids.vocabulary().tolist() == sorted([tok.eos_token_id, 41, 42, 43, 44, 45])
+    assert set(con.vocabulary()) == set(con.index.alphabet) | {con.sep_id, con.eos_id}
+    calls = []
+    hook = head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        for c in (con, ids):
+            run = lambda restrict: constrained_beam_search(  # noqa: E731
+                model, tok, texts, c, num_beams=4, max_new_tokens=6, prompt="<|query|> {query}<|title|>",
+                batch_size=2, restrict_head=restrict)
+            calls.clear()
+            fast = run(True)
+            assert not calls and model.get_output_embeddings() is head  # restricted, then restored
+            full = run(False)
+            assert calls
+            assert [[h.tokens for h in q] for q in fast] == [[h.tokens for h in q] for q in full]
+            assert [h.score for q in fast for h in q] == pytest.approx([h.score for q in full for h in q], abs=1e-4)
+    finally:
+        hook.remove()
+    with pytest.raises(RuntimeError, match="inside"), restricted_head(model, [1, 2]):
+        assert model.get_output_embeddings() is not head
+        raise RuntimeError("inside")
+    assert model.get_output_embeddings() is head  # restored on an exception too
+    x = torch.randn(3, head.in_features)
+    with restricted_head(model, [3, 7]):
+        out = model.get_output_embeddings()(x)
+    assert out.shape == (3, head.out_features)
+    assert torch.allclose(out[:, [3, 7]], head(x)[:, [3, 7]], atol=1e-6)
+    assert (out.softmax(-1)[:, [3, 7]].sum(-1) - 1).abs().max() < 1e-6  # the other rows get probability 0
