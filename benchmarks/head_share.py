@@ -13,7 +13,7 @@ that occur in catalog titles plus the genret specials (a restriction training do
 yet: it would change the model, so it needs a dev check). Decoding: the multispan
 constrained beam search over ``--queries`` test queries with ``restrict_head`` off and on
 (exact: the same beams; the model is the untrained MiniLM prefix-LM, which sets the speed, not
-the beams' quality). All times are process CPU seconds (this process only; robust on a
+the beams' quality), and the same for a semantic-ID trie of random 3 x 256 IDs. All times are process CPU seconds (this process only; robust on a
 shared box).
 Writes benchmarks/results/head_share.{json,md}.
 """
@@ -35,8 +35,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from genret.data import load_dataset  # noqa: E402
-from genret.decoding import constrained_beam_search  # noqa: E402
+from genret.decoding import TrieConstraint, constrained_beam_search  # noqa: E402
 from genret.lexical import PROMPT, MultispanRetriever  # noqa: E402
+from genret.semantic import PROMPT as SID_PROMPT  # noqa: E402
+from semantic_id import PrefixTrie  # noqa: E402
 from genret.minilm import from_minilm, minilm_tokenizer, PROMPT_ENDS  # noqa: E402
 
 
@@ -120,9 +122,24 @@ def main(argv=None) -> int:
                                              max_new_tokens=r._max_new_tokens(), prompt=PROMPT,
                                              batch_size=8, restrict_head=restrict)
         dec[name] = (time.process_time() - t0) / len(queries)
-    same = [[h.tokens for h in a] == [h.tokens for h in b] for a, b in zip(hyps["full"], hyps["restricted"])]
-    gap = max((abs(x.score - y.score) for a, b in zip(hyps["full"], hyps["restricted"]) for x, y in zip(a, b)),
-              default=0.0)
+    # the semantic-ID channel's shape: random 3 x 256 IDs, one per product, in a trie whose 768
+    # ID tokens sit on rows 1000.. of the vocabulary (speed only; a trained model adds its own rows)
+    rng = np.random.default_rng(0)
+    trie = PrefixTrie.build([np.append(1 + rng.integers(0, 256, 3) + 256 * np.arange(3), 0)
+                             for _ in range(len(ds.catalog))])
+    ids = TrieConstraint(trie, 999, eos)
+    for name, restrict in (("sid_full", False), ("sid_restricted", True)):
+        t0 = time.process_time()
+        hyps[name] = constrained_beam_search(model, tok, queries, ids, num_beams=args.beams, max_new_tokens=4,
+                                             prompt=SID_PROMPT, batch_size=8, restrict_head=restrict)
+        dec[name] = (time.process_time() - t0) / len(queries)
+
+    def agree(a, b):
+        same = [[h.tokens for h in x] == [h.tokens for h in y] for x, y in zip(hyps[a], hyps[b])]
+        gap = max((abs(u.score - v.score) for x, y in zip(hyps[a], hyps[b]) for u, v in zip(x, y)), default=0.0)
+        return float(np.mean(same)), gap
+
+    (same, gap), (sid_same, sid_gap) = agree("full", "restricted"), agree("sid_full", "sid_restricted")
 
     train = {k: float(np.sum(v)) for k, v in rows.items()}
     res = {"examples": len(examples), "vocab": len(tok), "catalog_vocab": len(keep),
@@ -132,8 +149,9 @@ def main(argv=None) -> int:
            "train_head_share": train["head_full"] / (train["trunk"] + train["head_full"]),
            "train_speedup_if_restricted": (train["trunk"] + train["head_full"]) / (train["trunk"] + train["head_catalog"]),
            "decode_queries": len(queries), "decode_beams": args.beams, "decode_cpu_s_per_query": dec,
-           "decode_speedup": dec["full"] / dec["restricted"],
-           "decode_same_beams": float(np.mean(same)), "decode_max_score_gap": gap}
+           "decode_speedup": dec["full"] / dec["restricted"], "decode_same_beams": same,
+           "decode_max_score_gap": gap, "sid_decode_speedup": dec["sid_full"] / dec["sid_restricted"],
+           "sid_decode_same_beams": sid_same, "sid_decode_max_score_gap": sid_gap}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2))
@@ -146,7 +164,9 @@ def main(argv=None) -> int:
           f"\nDecoding ({len(queries)} test queries, {args.beams} beams, `constrained_beam_search` with the "
           f"multispan FM-index constraint; `restrict_head` off / on): {dec['full']:.3f} / {dec['restricted']:.3f} "
           f"CPU s per query ({res['decode_speedup']:.2f}x); the same beams for {res['decode_same_beams']:.0%} of "
-          f"the queries, largest score gap {gap:.1e}.\n")
+          f"the queries, largest score gap {gap:.1e}. Semantic-ID shape (random 3 x 256 IDs per product, 768 ID "
+          f"tokens + EOS): {dec['sid_full']:.3f} / {dec['sid_restricted']:.3f} CPU s per query "
+          f"({res['sid_decode_speedup']:.2f}x); the same beams for {sid_same:.0%}, largest score gap {sid_gap:.1e}.\n")
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0
