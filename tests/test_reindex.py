@@ -82,6 +82,18 @@ def test_sparse_prosper(synthetic, tmp_path):
     r = ProsperRetriever(backbone=None, preset="tiny", max_steps=20, batch_size=16, max_doc_len=24,
                          max_query_len=24).fit(synthetic, progress=False)
     check_reindex(r, synthetic, after, removed, tmp_path / "m")
+    # only the new product was encoded; a retitled one is re-encoded, a reused vector is the
+    # one a full re-encode gives; the titles survive save/load (a reloaded model reuses too)
+    assert r.info["index"]["encoded"] == 1 and r.info["index"]["reused"] == len(after.catalog) - 1
+    back = load_retriever(tmp_path / "m")
+    moved = sorted(after.catalog)[3]
+    retitled = Dataset(after.name, after.catalog | {moved: NEW_TITLE + " XL"}, after.queries, after.qrels,
+                       after.threshold, after.query_split)
+    back.reindex(retitled)
+    assert back.info["index"]["encoded"] == 1
+    D = back.index.documents
+    full = back.encoder.encode(retitled.titles, "item")
+    assert abs(D - full).max() < 1e-4 and D.nnz == full.nnz
 
 
 # ----------------------------------------------------------------------------- generative channels

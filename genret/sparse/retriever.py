@@ -35,6 +35,7 @@ class SparseRetriever(Retriever):
         self.cfg = self.config_class(**cfg)
         self.encoder: SparseEncoder | None = None
         self.index: InvertedIndex | None = None
+        self.titles: dict[str, str] = {}  # what each indexed product was encoded from
         self.train_log: list[dict] = []
         self.info: dict = {}
 
@@ -68,17 +69,34 @@ class SparseRetriever(Retriever):
         return self.index.product_ids if self.index is not None else []
 
     def _reindex(self, dataset, progress: bool) -> None:
-        """The trained encoder over the new catalog: product representations and the
-        inverted index are rebuilt."""
+        """The trained encoder over the new catalog: the vectors of kept products with
+        unchanged titles are reused, only new or retitled ones are encoded (an artifact
+        saved without its titles re-encodes all); the inverted index is rebuilt."""
         self._check()
-        self.index_catalog(dataset, progress)
+        old = {p: i for i, p in enumerate(self.index.product_ids)
+               if p in self.titles and self.titles[p] == dataset.catalog.get(p)}
+        self.index_catalog(dataset, progress, reuse=(old, self.index.documents) if old else None)
 
-    def index_catalog(self, dataset, progress: bool = True) -> None:
+    def index_catalog(self, dataset, progress: bool = True, reuse=None) -> None:
+        """Encode ``dataset``'s titles and build the inverted index; ``reuse`` = (row of a
+        product in ``D_old``, ``D_old``): those products' vectors are taken from it."""
         t0 = time.perf_counter()
-        D = self.encoder.encode(dataset.titles, "item", progress=progress)
-        self.index = InvertedIndex.from_documents(D, dataset.product_ids, self.cfg.seed)
+        ids = dataset.product_ids
+        row, D_old = reuse or ({}, None)
+        fresh = [i for i, p in enumerate(ids) if p not in row]
+        D_new = self.encoder.encode([dataset.catalog[ids[i]] for i in fresh], "item", progress=progress)
+        if D_old is None:
+            D = D_new
+        else:  # stack the reused and the new rows, then put them in catalog order
+            kept = [i for i, p in enumerate(ids) if p in row]
+            D_all = sp.vstack([D_old[[row[ids[i]] for i in kept]], D_new]).tocsr()
+            order = np.empty(len(ids), dtype=np.int64)
+            order[kept + fresh] = np.arange(len(ids))
+            D = D_all[order]
+        self.index = InvertedIndex.from_documents(D, ids, self.cfg.seed)
+        self.titles = {p: dataset.catalog[p] for p in ids}
         self.info["index_seconds"] = round(time.perf_counter() - t0, 1)
-        self.info["index"] = self.index.stats()
+        self.info["index"] = self.index.stats() | {"encoded": len(fresh), "reused": len(ids) - len(fresh)}
 
     def _check(self):
         if self.encoder is None or self.index is None:
@@ -133,6 +151,7 @@ class SparseRetriever(Retriever):
             save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()} or
                       {"_empty": torch.zeros(1)}, str(tmp / "heads.safetensors"))
             self.index.save(tmp)
+            (tmp / "titles.json").write_text(json.dumps([self.titles[p] for p in self.index.product_ids]))
 
     @classmethod
     @reads_artifact
@@ -155,6 +174,8 @@ class SparseRetriever(Retriever):
             enc.fc.load_state_dict({k[3:]: v for k, v in heads.items() if k.startswith("fc.")})
         self.encoder = enc.to(self._device()).eval()
         self.index = InvertedIndex.load(path, manifest["index_shape"], self.cfg.seed)
+        titles = path / "titles.json"  # absent in artifacts saved before re-indexing reused vectors
+        self.titles = dict(zip(self.index.product_ids, json.loads(titles.read_text()))) if titles.exists() else {}
         self.train_log = manifest.get("train_log", [])
         self.info = manifest.get("info", {})
         return self
