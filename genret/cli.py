@@ -490,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, help="train queries to rewrite, tail first (default 200)")
     p.add_argument("--candidates", type=int, help="rewrites per query (default 8)")
     p.add_argument("--preset", help="size of the embedded backbone: tiny or small (default)")
-    p.add_argument("--backbone", help="HF causal LM name or path (default: the embedded one)")
+    p.add_argument("--backbone", help="the rewriter's LM: HF causal LM name or path, minilm (the packaged "
+                   "MiniLM prefix-LM) or embedded (default: the embedded one of --preset)")
     p.add_argument("--channels", help="comma-separated registry names or saved retriever "
                                       "directories (default bm25-stem,dense-zeroshot)")
     p.add_argument("--decoding", choices=["sample", "beam"], help="sampling (default) or beams")

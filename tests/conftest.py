@@ -58,3 +58,16 @@ def foreign_tokenizer_copy(tmp_path):
 @pytest.fixture
 def synthetic_dir(tmp_path, synthetic):
     return write_tsv_dataset(synthetic, tmp_path / "synthetic")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """A 2-layer random-init MiniLM-form prefix-LM with MiniLM's tokenizer, saved as a
+    genret backbone (tests/tiny.py: tiny_minilm)."""
+    from tiny import tiny_minilm
+
+    from genret.backbone import save_backbone
+    from genret.minilm import minilm_tokenizer
+
+    tok = minilm_tokenizer()
+    return save_backbone(tiny_minilm(tok), tok, tmp_path_factory.mktemp("bb") / "tiny-minilm")

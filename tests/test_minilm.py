@@ -5,19 +5,12 @@ import pytest
 import torch
 
 from genret.minilm import PROMPT_ENDS, PrefixBertLM, from_minilm, minilm_tokenizer, prefix_lengths
-
-TINY = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+from tiny import tiny_minilm as tiny  # the 2-layer random-init prefix-LM of these tests
 
 
 @pytest.fixture(scope="module")
 def tok():
     return minilm_tokenizer()
-
-
-def tiny(tok, prefix_lm=True):
-    torch.manual_seed(0)
-    return from_minilm(tok.convert_tokens_to_ids(PROMPT_ENDS), len(tok), prefix_lm=prefix_lm,
-                       pretrained=False, **TINY).eval()
 
 
 def ids(tok, text):
@@ -108,13 +101,7 @@ def test_pretrained_weights_are_minilms(tok):
 
 # ----------------------------------------------------------------------------- both channels on this backbone
 
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    """A 2-layer random-init prefix-LM with MiniLM's tokenizer, saved as a genret backbone."""
-    from genret.backbone import save_backbone
-
-    tok = minilm_tokenizer()
-    return save_backbone(tiny(tok), tok, tmp_path_factory.mktemp("bb") / "tiny-minilm")
+# tiny_backbone (tests/conftest.py): the 2-layer prefix-LM of `tiny`, saved as a genret backbone
 
 
 def test_a_saved_minilm_backbone_loads_as_it_was(tiny_backbone, tok):
@@ -218,9 +205,7 @@ def test_codebook_init_starts_id_tokens_at_their_centroids(tiny_backbone, tok, t
     data = write_tsv_dataset(ds, tmp_path / "data")
     assert main(["sid", "build", "--data", str(data), "--out", str(tmp_path / "sid"), "--levels", "2",
                  "--codebook", "8", "--quiet"]) == 0
-    torch.manual_seed(0)
-    wide = from_minilm(tok.convert_tokens_to_ids(PROMPT_ENDS), len(tok), pretrained=False,
-                       **{**TINY, "hidden_size": 384, "num_attention_heads": 6}).eval()
+    wide = tiny(tok, hidden_size=384, num_attention_heads=6)
     bb = save_backbone(wide, tok, tmp_path / "wide")
     r = SemanticIDRetriever(stage="sft", sid=str(tmp_path / "sid"), backbone=str(bb), id_init="codebook", train=LORA)
     r._load_start(ds)

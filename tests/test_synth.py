@@ -278,3 +278,64 @@ def test_harness_row_extra_pairs_apply_to_that_fit_only(synthetic, tmp_path, mon
     assert seen["extra"] == seen["plain"] + 1
     with pytest.raises(ValueError, match="extra_pairs apply to a fitted row"):
         harness.run_row(harness.RowConfig("m", model="x", extra_pairs=str(f)), synthetic, [], 10, tmp_path)
+
+
+# ----------------------------------------------------------------------------- the MiniLM prefix-LM as rewriter
+
+def test_rewriter_backbone_is_the_embedded_lm_unless_another_is_named(synthetic, monkeypatch, tmp_path, capsys):
+    from genret.backbone import pretraining
+    from genret.synth.pipeline import rewriter_backbone
+
+    monkeypatch.setattr(pretraining, "default_backbone", lambda ds, preset, seed, progress: f"embedded-{preset}")
+    assert rewriter_backbone(synth_config(), synthetic) == "embedded-small"  # not resolve_backbone's MiniLM
+    assert rewriter_backbone(synth_config(preset=None), synthetic) == "embedded-small"
+    assert rewriter_backbone(synth_config(preset="tiny"), synthetic) == "embedded-tiny"
+    assert rewriter_backbone(synth_config(backbone="embedded", preset="tiny"), synthetic) == "embedded-tiny"
+    for preset in ("small", None):  # the default preset is no request for the embedded LM
+        cfg = synth_config(backbone="minilm", preset=preset)
+        assert rewriter_backbone(cfg, synthetic) == "minilm" and cfg.preset is None
+    with pytest.raises(ValueError, match="both given"):
+        synth_config(backbone="minilm", preset="tiny")
+    assert main(["synth", "--out", str(tmp_path / "x"), "--backbone", "minilm", "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "both given" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_synthesis_on_a_minilm_prefix_lm(tiny_backbone, synthetic, tmp_path):
+    """SFT, sampling, DPO and the saved rewriter on a 2-layer random-init MiniLM-form
+    prefix-LM: the rewriter's prompt is read both ways (its end marker is a prefix end),
+    pairs come out, and the rewriter loads back as a prefix-LM."""
+    import torch
+
+    from genret.backbone import backbone_info, load_backbone, tokenizer_identity
+    from genret.minilm import PrefixBertLM, minilm_tokenizer, prefix_lengths
+    from genret.synth import synthesize
+    from genret.synth.pipeline import _prompt_ids, stop_ids, text_normalizer
+
+    cfg = synth_config(backbone=str(tiny_backbone), queries=8, candidates=3, dpo_queries=8, sft_pairs=64,
+                       channels=["bm25-stem", "bm25"], shift_embeddings=False, anchor_k=60,
+                       train={"max_steps": 4, "full": True, "learning_rate": 1e-2, "batch_size": 8,
+                              "dpo_batch_size": 4, "progress": False})
+    rep = synthesize(synthetic, cfg, tmp_path / "out", progress=False)
+    c = rep["counts"]
+    assert rep["backbone"] == str(tiny_backbone) and rep["config"]["preset"] is None
+    assert c["sft_pairs"] == 64 and c["dpo_pairs"] > 0 and c["pairs_kept"] > 0
+    assert len(_read(tmp_path / "out" / "pairs.tsv")) == c["pairs_kept"]
+
+    rewriter = tmp_path / "out" / "rewriter"
+    model, tok = load_backbone(rewriter)
+    assert isinstance(model, PrefixBertLM) and model.config.prefix_lm
+    assert backbone_info(rewriter)["rewriter_of"] == str(tiny_backbone)
+    assert tokenizer_identity(tok) == tokenizer_identity(minilm_tokenizer())
+    ids = _prompt_ids(tok, "Cordless Drill 3/4 in.")
+    assert tok.convert_ids_to_tokens([ids[0], ids[-1]]) == ["<|query|>", "<|query|>"]  # markers, not WordPiece
+    assert prefix_lengths(torch.tensor([ids]), model.config.prefix_end_ids).tolist() == [len(ids)]
+    other = _prompt_ids(tok, "Cordless Drill 3/4 ft.")
+    with torch.no_grad():  # the first query word sees the last one: the prompt is read both ways
+        first = [model.base_model(torch.tensor([x])).last_hidden_state[0, 1] for x in (ids, other)]
+    assert (first[0] - first[1]).abs().max() > 1e-4
+    assert {"[CLS]", "[MASK]", "[UNK]", "[SEP]", "<|title|>"} <= set(tok.convert_ids_to_tokens(sorted(stop_ids(tok))))
+    # rewrites come out of the uncased tokenizer normalised: what they are compared with is too
+    assert text_normalizer(tok)("Café DRILL") == "cafe drill"
+    rewrites = [r["rewrite"] for r in _read(tmp_path / "out" / "candidates.tsv")]
+    assert rewrites and all(r == text_normalizer(tok)(r) for r in rewrites)

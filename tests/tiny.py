@@ -57,3 +57,16 @@ def tiny_sentence_encoder(d: Path, ds) -> str:
     SentenceTransformer(modules=[bert, Pooling(bert.get_embedding_dimension(), "mean"), Normalize()],
                         device="cpu").save(str(d))
     return str(d)
+
+
+MINILM_SIZES = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny_minilm(tok, prefix_lm: bool = True, **sizes):
+    """A random-init MiniLM-form prefix-LM (genret.minilm) for MiniLM's tokenizer ``tok``:
+    2 layers, width 32 unless ``sizes`` say otherwise; seeded, in eval mode."""
+    from genret.minilm import PROMPT_ENDS, from_minilm
+
+    torch.manual_seed(0)
+    return from_minilm(tok.convert_tokens_to_ids(PROMPT_ENDS), len(tok), prefix_lm=prefix_lm,
+                       pretrained=False, **{**MINILM_SIZES, **sizes}).eval()

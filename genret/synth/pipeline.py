@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..artifact import atomic_dir
+from ..backbone import EMBEDDED
 from ..data import BUCKETS, Dataset, terms
 from ..eval import Run, rrf
 from ..retriever import caller_rng
@@ -32,8 +33,11 @@ PAIR_COLUMNS = ("query", "product_id", "grade", "rewrite", "channels", "score", 
 class SynthConfig:
     """Every knob of the synthesis; the defaults run on a CPU."""
 
-    backbone: str | None = None  # HF causal LM path; None = the embedded default
-    preset: str = "small"  # size of the embedded default
+    # the rewriter's LM: an HF causal LM name or path, "minilm" (the packaged MiniLM prefix-LM),
+    # a saved rewriter, or "embedded"/None: genret's embedded LM of ``preset``, the default here
+    # (unlike the retrieval channels, the rewriter has not been measured on MiniLM yet)
+    backbone: str | None = None
+    preset: str | None = "small"  # size of the embedded LM; None with any other backbone
     channels: list[str] = field(default_factory=lambda: ["bm25-stem", "dense-zeroshot"])
     queries: int | None = 200  # train queries to rewrite, tail bucket first (None = all)
     candidates: int = 8  # rewrites sampled per query
@@ -86,6 +90,11 @@ class SynthConfig:
             raise ValueError(f"anchor_k {self.anchor_k} must be between 1 and k ({self.k}) or None")
         if self.queries is not None and self.queries < 1:
             raise ValueError(f"queries must be >= 1 or None, got {self.queries}")
+        if self.backbone not in (None, EMBEDDED):
+            if self.preset not in (None, "small"):  # "small" is the default: nothing asked for
+                raise ValueError(f"backbone {self.backbone!r} and preset {self.preset!r} both given: preset "
+                                 "picks genret's embedded LM of that size, backbone another model; give one")
+            self.preset = None  # what the rewriter starts from is the backbone alone
 
 
 def synth_config(**cfg) -> SynthConfig:
@@ -155,15 +164,54 @@ def rewrite_pairs(dataset: Dataset, max_pairs: int | None = None, seed: int = 0)
     return sorted(pairs, key=key)[:max_pairs]
 
 
+def rewriter_backbone(cfg: SynthConfig, dataset: Dataset | None = None, progress: bool = False) -> str:
+    """What the rewriter starts from: ``cfg.backbone`` when given (an HF path or name,
+    "minilm", a saved rewriter), else genret's embedded LM of ``cfg.preset``, pretrained
+    on ``dataset`` on first use (:func:`genret.backbone.resolve_backbone`, whose own
+    default, MiniLM, the rewriter is not measured on)."""
+    from ..backbone import resolve_backbone
+
+    return resolve_backbone(cfg.backbone or EMBEDDED, cfg.preset, dataset, cfg.seed, progress=progress)
+
+
 def _prompt_ids(tokenizer, query: str) -> list[int]:
     return tokenizer(PROMPT.format(query=query), add_special_tokens=False)["input_ids"]
+
+
+def read_prompt_both_ways(model, tokenizer) -> None:
+    """Make a prefix-LM backbone (:mod:`genret.minilm`) read the whole rewriter prompt
+    bidirectionally. It finds the prompt's end at the last of its ``prefix_end_ids``
+    markers; MiniLM's are those of the lexical and semantic prompts (``<|title|>``,
+    ``<|id|>``), but :data:`PROMPT` ends with ``<|query|>``, so without this the prefix
+    would be empty and the rewriter a plain causal decoder. The marker joins the model's
+    config (saved with the rewriter); other models are left alone."""
+    ends = getattr(model.config, "prefix_end_ids", None)
+    end = _prompt_ids(tokenizer, "")[-1]  # the token the prompt ends with
+    if ends is not None and end not in ends:
+        model.config.prefix_end_ids = [*ends, end]
+
+
+def stop_ids(tokenizer) -> set[int]:
+    """Ids a rewrite ends at: the special tokens, including those the tokenizer does not
+    name as bos/eos/pad/unk (MiniLM's ``[CLS]``, ``[MASK]``, ``[UNK]``)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
+
+
+def text_normalizer(tokenizer):
+    """str -> str: what the tokenizer does to text before splitting it (MiniLM's uncased
+    WordPiece lower-cases and strips accents; the embedded byte-level BPE does nothing).
+    Rewrites are decoded from tokens, so they come out normalised: the queries, titles and
+    real queries they are compared with go through this too."""
+    norm = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    return norm.normalize_str if norm is not None else (lambda text: text)
 
 
 @caller_rng()
 def generate(model, tokenizer, queries: list[str], cfg: SynthConfig, progress: bool = False) -> list[list[str]]:
     """Up to ``cfg.candidates`` distinct rewrites per query (sampled or beams): the text up
     to the first special token, whitespace-normalised, duplicates dropped."""
-    special = set(tokenizer.all_special_ids)
+    special = stop_ids(tokenizer)
     pad = tokenizer.pad_token_id
     n = cfg.candidates
     kw = (dict(do_sample=True, top_p=cfg.top_p, temperature=cfg.temperature, num_beams=1)
@@ -204,11 +252,14 @@ class Candidate:
 
 
 def assess(pipeline: Pipeline, dataset: Dataset, cands: dict[str, list[str]], vocab: set[str],
-           cfg: SynthConfig, progress: bool = False) -> list[Candidate]:
+           cfg: SynthConfig, progress: bool = False, normalize=None) -> list[Candidate]:
     """Retrieve for every candidate and its original query, score the five rewards and
     run the relevance filter on candidates whose combined reward exceeds ``min_reward``.
     With ``anchor_k`` an unlabelled product the original query does not retrieve counts
-    as irrelevant (agreement 0) and is filtered out."""
+    as irrelevant (agreement 0) and is filtered out. ``normalize`` (the rewriter's
+    :func:`text_normalizer`) is applied to the original query the form reward compares
+    a rewrite with; ``vocab`` should be built from normalised texts likewise."""
+    normalize = normalize or (lambda text: text)
     texts = {f"{q}\t{j}": t for q, ts in cands.items() for j, t in enumerate(ts) if t.strip()}
     runs, fused = pipeline.search({**texts, **{q: dataset.queries[q] for q in cands}}, progress)
     out = []
@@ -227,7 +278,8 @@ def assess(pipeline: Pipeline, dataset: Dataset, cands: dict[str, list[str]], vo
                  "incremental": incremental_recall(got, original, rel),
                  "relevance": relevance(got[:cfg.judge_depth], labels, dataset.threshold, agree),
                  "diversity": div[j],
-                 "form": well_formed(t, dataset.queries[q], vocab, cfg.max_words, cfg.min_known, cfg.max_repeat)}
+                 "form": well_formed(t, normalize(dataset.queries[q]), vocab, cfg.max_words, cfg.min_known,
+                                     cfg.max_repeat)}
             total = combined_reward(rw, cfg.weights)
             top = list(zip(got, hit.scores))[:cfg.agree_k] if hit and total > cfg.min_reward else []
             kept = filter_products(lists, top, labels, cfg.min_agree, cfg.max_pairs_per_rewrite, anchor)
@@ -296,7 +348,7 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
     pairs and write ``out/{pairs.tsv, candidates.tsv, report.json, synth.png}`` and the
     rewriter (``out/rewriter``, a backbone directory: pass it as ``backbone`` with
     ``sft_pairs=0, dpo_queries=0`` to rewrite more queries) atomically. Returns the report."""
-    from ..backbone import default_backbone, encode_text, load_backbone, save_backbone
+    from ..backbone import encode_text, load_backbone, save_backbone
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -304,8 +356,10 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
     t = {}
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    path = cfg.backbone or default_backbone(dataset, cfg.preset, cfg.seed, progress=progress)
+    path = rewriter_backbone(cfg, dataset, progress)
     model, tokenizer = load_backbone(path)
+    read_prompt_both_ways(model, tokenizer)
+    normalize = text_normalizer(tokenizer)
     pairs = rewrite_pairs(dataset, cfg.sft_pairs, cfg.seed) if cfg.sft_pairs != 0 else []
     if cfg.sft_pairs != 0 and not pairs:
         raise ValueError(f"{dataset.name}: no two train queries share a relevant product, so no "
@@ -327,17 +381,17 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
         pipeline = Pipeline(cfg.channels, cfg.k, cfg.rrf_c).fit(dataset, progress=progress)
         t["pipeline_fit_seconds"] = time.perf_counter() - t0
         vocab = {w for text in [*dataset.titles, *texts(dataset.split("train", evaluated_only=False))]
-                 for w in terms(text)}
+                 for w in terms(normalize(text))}
         if cfg.dpo_queries:
             t0 = time.perf_counter()
             if cfg.compare_sft:
                 gen = generate(model, tokenizer, texts(qids), cfg, progress)
-                before = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress)
+                before = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress, normalize)
             rng = np.random.default_rng(cfg.seed)
             train_q = dataset.split("train")
             dq = sorted(train_q[i] for i in rng.permutation(len(train_q))[:cfg.dpo_queries])
             gen = generate(model, tokenizer, texts(dq), cfg, progress)
-            mined = assess(pipeline, dataset, dict(zip(dq, gen)), vocab, cfg, progress)
+            mined = assess(pipeline, dataset, dict(zip(dq, gen)), vocab, cfg, progress, normalize)
             prefs = dpo_pairs(dataset, mined)
             if prefs:
                 model = dpo(model, tokenizer, prefs, work / "dpo", train_cfg)
@@ -349,7 +403,7 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
         gen = generate(model, tokenizer, texts(qids), cfg, progress)
         t["generate_seconds"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cands = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress)
+        cands = assess(pipeline, dataset, dict(zip(qids, gen)), vocab, cfg, progress, normalize)
         t["assess_seconds"] = time.perf_counter() - t0
     best: dict[tuple[str, str], tuple[Candidate, list[str], float]] = {}
     for c in cands:
@@ -359,6 +413,7 @@ def synthesize(dataset: Dataset, cfg: SynthConfig, out: str | Path, progress: bo
     t0 = time.perf_counter()
     real = [dataset.queries[q] for q in dataset.split("train", evaluated_only=False)]
     real = sorted(real, key=lambda s: hashlib.sha1(f"{cfg.seed}:{s}".encode()).digest())[:cfg.shift_sample]
+    real = [normalize(s) for s in real]  # compared with rewrites, which are normalised
     shift = shift_stats([c.text for c in cands if terms(c.text)], real,
                         pipeline.embedder() if cfg.shift_embeddings else None)
     t["shift_seconds"] = time.perf_counter() - t0
