@@ -3,7 +3,8 @@ MiniLM prefix-LM's state at the end of ``<|query|> {query}<|id|>`` point where t
 sentence embedding points? Scores each dev query's level-1 codes by state . centroid (raw,
 and centred by the mean state of title prompts, which is what the codebook init's output
 bias does) and reports how often a relevant product's level-1 code is in the top 1/5/20,
-next to the sentence-transformers query embedding (the IDs' own encoder).
+next to the mean of the prompt's states (sentence-transformers' pooling, raw and centred) and
+the sentence-transformers query embedding (the IDs' own encoder).
 
     python experiments/sid_codebook_probe.py --sid results/semantic/hd-3x256-none --queries 300
 """
@@ -27,13 +28,15 @@ from genret.minilm import load_minilm  # noqa: E402
 from genret.semantic import PROMPT, TITLE_PROMPT  # noqa: E402
 
 
-def last_states(model, tok, texts: list[str]) -> np.ndarray:
-    """The output layer's input at each prompt's last position (one prompt at a time)."""
+def prompt_states(model, tok, texts: list[str], pool: bool = False) -> np.ndarray:
+    """The output layer's input at each prompt's last position, or (``pool``) the mean over
+    all the prompt's positions, sentence-transformers' pooling (one prompt at a time)."""
     out = []
     with torch.inference_mode():
         for t in texts:
             ids = torch.tensor([tok(t, add_special_tokens=False)["input_ids"]])
-            out.append(model.bert(input_ids=ids).last_hidden_state[0, -1])
+            h = model.bert(input_ids=ids).last_hidden_state[0]
+            out.append(h.mean(0) if pool else h[-1])
     return torch.stack(out).numpy()
 
 
@@ -52,14 +55,17 @@ def main(argv=None) -> int:
     books = sids.quantizer.codebooks[0]
     qids = ds.split("dev")[:args.queries]
     model, tok = load_minilm("minilm")
-    h = last_states(model, tok, [PROMPT.format(query=ds.queries[q]) for q in qids])
+    prompts = [PROMPT.format(query=ds.queries[q]) for q in qids]
     pick = np.random.default_rng(0).choice(len(ds.titles), 256, replace=False)
-    centre = last_states(model, tok, [TITLE_PROMPT.format(title=ds.titles[i]) for i in pick]).mean(0)
+    titles = [TITLE_PROMPT.format(title=ds.titles[i]) for i in pick]
+    h, hp = prompt_states(model, tok, prompts), prompt_states(model, tok, prompts, pool=True)
+    centre, centre_p = prompt_states(model, tok, titles).mean(0), prompt_states(model, tok, titles, pool=True).mean(0)
     st = Encoder().encode([ds.queries[q] for q in qids], progress=False)
     row = {p: i for i, p in enumerate(sids.item_ids)}
     gold = [{int(sids.codes[row[p], 0]) for p in ds.relevant(q)} for q in qids]
     result = {"queries": len(qids), "sid": args.sid}
-    for name, q in (("state", h), ("state - mean title-prompt state", h - centre), ("sentence embedding", st)):
+    for name, q in (("state", h), ("state - mean title-prompt state", h - centre), ("pooled prompt state", hp),
+                    ("pooled - mean pooled title prompt", hp - centre_p), ("sentence embedding", st)):
         order = np.argsort(-(q @ books.T), axis=1)
         rank = np.array([min(int(np.flatnonzero(o == c)[0]) for c in g) for o, g in zip(order, gold)])
         result[name] = {f"top{k}": round(float(np.mean(rank < k)), 3) for k in (1, 5, 20)}

@@ -33,7 +33,8 @@ from .backbone import ID, MARKERS, TITLE
 MODEL_TYPE = "genret_prefix_bert"
 PROMPT_ENDS = [TITLE, ID]  # the lexical and semantic prompts end with these
 # backbone names load_backbone resolves to the packaged MiniLM: name -> from_minilm settings
-FORMS = {"minilm": dict(prefix_lm=True), "minilm-decoder": dict(prefix_lm=False)}
+FORMS = {"minilm": dict(prefix_lm=True), "minilm-decoder": dict(prefix_lm=False),
+         "minilm-pooled": dict(prefix_lm=True, pool_prompt=True)}
 
 
 def minilm_path() -> str:
@@ -65,16 +66,21 @@ def minilm_tokenizer(path: str | None = None):
 
 class PrefixBertConfig(BertConfig):
     """A BERT config for :class:`PrefixBertLM`: ``prefix_end_ids`` are the prompt-end
-    markers; ``prefix_lm=False`` gives the plain causal decoder (the ablation)."""
+    markers; ``prefix_lm=False`` gives the plain causal decoder (the ablation);
+    ``pool_prompt``: the output state at the prompt's end is the mean of the prompt's
+    states (sentence-transformers' pooling, what all-MiniLM-L6-v2 was trained to embed
+    with), so the first target token is scored from a sentence embedding of the prompt."""
 
     model_type = MODEL_TYPE
 
-    def __init__(self, prefix_end_ids: list[int] | None = None, prefix_lm: bool = True, **kwargs):
+    def __init__(self, prefix_end_ids: list[int] | None = None, prefix_lm: bool = True,
+                 pool_prompt: bool = False, **kwargs):
         kwargs.update(is_decoder=True, add_cross_attention=False)
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(**kwargs)
         self.prefix_end_ids = list(prefix_end_ids or [])
         self.prefix_lm = bool(prefix_lm)
+        self.pool_prompt = bool(pool_prompt)
 
 
 def prefix_lengths(input_ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
@@ -82,6 +88,19 @@ def prefix_lengths(input_ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
     hit = torch.isin(input_ids, torch.tensor(end_ids, device=input_ids.device))
     pos = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
     return (hit * pos).max(dim=1).values
+
+
+def pool_prompt_end(hidden: torch.Tensor, prefix: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """``hidden`` with each row's prompt-end state (position ``prefix - 1``) replaced by the
+    mean of its prompt's states (padding excluded); rows without a prompt are unchanged."""
+    pos = torch.arange(hidden.shape[1], device=hidden.device)
+    inside = pos[None] < prefix[:, None]
+    if attention_mask is not None:
+        inside &= attention_mask.bool()
+    w = inside.to(hidden.dtype)
+    pooled = (w[..., None] * hidden).sum(1) / w.sum(1, keepdim=True).clamp_min(1)
+    end = (pos[None] == (prefix - 1)[:, None]) & (prefix[:, None] > 0)
+    return torch.where(end[..., None], pooled[:, None], hidden)
 
 
 class _PrefixBertModel(BertModel):
@@ -95,11 +114,14 @@ class _PrefixBertModel(BertModel):
         first = cache is None or cache.get_seq_length() == 0
         ends = self.config.prefix_end_ids
         use = self.config.prefix_lm and ends and first and input_ids is not None
-        self._prefix = prefix_lengths(input_ids, ends) if use else None
+        self._prefix = prefix = prefix_lengths(input_ids, ends) if use else None
         try:
-            return super().forward(input_ids, *args, cache=cache, **kwargs)
+            out = super().forward(input_ids, *args, cache=cache, **kwargs)
         finally:
             self._prefix = None
+        if prefix is not None and getattr(self.config, "pool_prompt", False):
+            out.last_hidden_state = pool_prompt_end(out.last_hidden_state, prefix, kwargs.get("attention_mask"))
+        return out
 
     def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
                                 encoder_hidden_states, cache):
@@ -164,7 +186,7 @@ AutoConfig.register(MODEL_TYPE, PrefixBertConfig)
 AutoModelForCausalLM.register(PrefixBertConfig, PrefixBertLM)
 
 
-def from_minilm(prefix_end_ids: list[int], vocab_size: int, prefix_lm: bool = True,
+def from_minilm(prefix_end_ids: list[int], vocab_size: int, prefix_lm: bool = True, pool_prompt: bool = False,
                 pretrained: bool = True, path: str | None = None, **sizes) -> PrefixBertLM:
     """A :class:`PrefixBertLM` with MiniLM's encoder weights (``pretrained=False``: the
     same network from random init, the control), its vocabulary grown to
@@ -174,7 +196,7 @@ def from_minilm(prefix_end_ids: list[int], vocab_size: int, prefix_lm: bool = Tr
         raise ValueError("sizes apply to a random-init network (pretrained=False) only")
     path = path or minilm_path()
     base = BertConfig.from_pretrained(path)
-    cfg = PrefixBertConfig(prefix_end_ids=prefix_end_ids, prefix_lm=prefix_lm,
+    cfg = PrefixBertConfig(prefix_end_ids=prefix_end_ids, prefix_lm=prefix_lm, pool_prompt=pool_prompt,
                            **{**{k: v for k, v in base.to_dict().items()
                                  if k not in ("model_type", "architectures", "is_decoder", "_name_or_path",
                                               "add_cross_attention", "transformers_version")}, **sizes})

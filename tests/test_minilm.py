@@ -44,8 +44,29 @@ def test_prompt_is_read_both_ways_and_targets_causally(tok):
         assert torch.allclose(causal(torch.tensor([p + c])).logits[0, 1], causal(torch.tensor([p2 + c])).logits[0, 1])
 
 
-def test_cached_decoding_equals_one_full_forward(tok):
-    m = tiny(tok)
+def test_pooled_prompt_end_is_the_mean_of_the_prompt_states(tok):
+    """pool_prompt: the prompt end's output state (the one that scores the first target
+    token) is the mean of the prompt's states; every other state, and so the targets' own
+    scores given their context, is the plain prefix-LM's; padding is not averaged."""
+    plain, pooled = tiny(tok), tiny(tok, pool_prompt=True)
+    p, c = ids(tok, "<|query|> cordless drill<|title|>"), ids(tok, " dewalt drill")
+    x = torch.tensor([p + c])
+    with torch.no_grad():
+        h, hp = plain.base_model(x).last_hidden_state[0], pooled.base_model(x).last_hidden_state[0]
+        assert torch.allclose(hp[len(p) - 1], h[:len(p)].mean(0), atol=1e-6)
+        keep = [i for i in range(len(p + c)) if i != len(p) - 1]
+        assert torch.allclose(hp[keep], h[keep], atol=1e-6)
+        assert torch.allclose(pooled(x).logits[0, len(p) - 1], pooled.lm_head(hp[len(p) - 1]), atol=1e-5)
+        xp, mask = torch.tensor([[tok.pad_token_id] * 3 + p + c]), torch.tensor([[0] * 3 + [1] * len(p + c)])
+        hpad = plain.base_model(xp, attention_mask=mask).last_hidden_state[0]
+        padded = pooled.base_model(xp, attention_mask=mask).last_hidden_state[0]
+        assert torch.allclose(padded[3 + len(p) - 1], hpad[3:3 + len(p)].mean(0), atol=1e-6)
+    assert pooled.config.pool_prompt and not plain.config.pool_prompt
+
+
+@pytest.mark.parametrize("pool_prompt", [False, True])
+def test_cached_decoding_equals_one_full_forward(tok, pool_prompt):
+    m = tiny(tok, pool_prompt=pool_prompt)
     p, c = ids(tok, "<|query|> brushed nickel faucet<|title|>"), ids(tok, " moen faucet in brushed nickel")
     with torch.no_grad():
         full = m(torch.tensor([p + c])).logits[0, len(p) - 1:-1]
@@ -57,8 +78,9 @@ def test_cached_decoding_equals_one_full_forward(tok):
     assert torch.allclose(full, torch.stack(steps), atol=1e-5)
 
 
-def test_left_padding_does_not_change_generation(tok):
-    m = tiny(tok)
+@pytest.mark.parametrize("pool_prompt", [False, True])
+def test_left_padding_does_not_change_generation(tok, pool_prompt):
+    m = tiny(tok, pool_prompt=pool_prompt)
     prompts = ["<|query|> drill<|title|>", "<|query|> a much longer query about faucets<|title|>"]
     side, tok.padding_side = tok.padding_side, "left"
     try:
