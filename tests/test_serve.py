@@ -189,7 +189,8 @@ def test_sparse_channel_explains_its_term_weights(synthetic, tmp_path):
     assert r["kind"] == "prosper" and body["labelled"] is None and 0 < len(r["products"]) <= 5
     assert 0 < len(terms) <= 15 and all(isinstance(t["literal"], bool) and t["term"] for t in terms)
     assert [t["weight"] for t in terms] == sorted((t["weight"] for t in terms), reverse=True)
-    assert all(p["title"] == "" for p in r["products"])  # no --data, and PROSPER keeps no titles
+    # no --data: the titles come from the model (PROSPER keeps the titles it encoded, for re-indexing)
+    assert all(p["title"] == synthetic.catalog[p["id"]] for p in r["products"])
     assert any(t["literal"] for t in terms)
 
 
