@@ -19,7 +19,6 @@ Writes benchmarks/results/head_share.{json,md}.
 """
 
 import argparse
-import copy
 import json
 import os
 import sys
