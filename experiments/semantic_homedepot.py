@@ -105,7 +105,7 @@ def main() -> None:
 
     backbone = default_backbone(full, "small", 0)
     train_cfg = {"full": True, "epochs": args.epochs, "batch_size": 32, "learning_rate": args.lr, "dpo_epochs": 2,
-                 "save_steps": 10**9}
+                 "dpo_learning_rate": 5e-4, "save_steps": 10**9}
     t0 = time.perf_counter()
     # DPO starts from this script's SFT model of the same pruning when there is one
     sft_model = out / f"model-{args.prune}-sft"

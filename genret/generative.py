@@ -28,6 +28,19 @@ from .training import TrainConfig, dpo, sft, work_dir
 STAGES = ("sft", "dpo")
 
 
+def preference_pair(hyps, finds: list[bool]):
+    """(chosen, rejected) from beams sorted best first, or None: chosen = the best beam
+    that finds a relevant product, rejected = the top beam, which finds none. Queries the
+    model already gets right (or never gets right) give no pair, so DPO only corrects
+    ranking mistakes, with both sides the model's own output. (A first multispan rule,
+    chosen = the most *specific* finding beam, taught the model rarer spans and cut test
+    R@100 from 0.384 to 0.261.)"""
+    good = next((i for i, f in enumerate(finds) if f), None)
+    if not good:  # None (nothing finds one) or 0 (the top beam already does)
+        return None
+    return hyps[good], hyps[0]
+
+
 class GenerativeRetriever(Retriever):
     """Constrained decoding with a fine-tuned causal LM. Subclasses set ``kind``,
     ``config_class`` (a dataclass with ``backbone``, ``preset``, ``seed``, ``num_beams``,

@@ -29,13 +29,14 @@ from . import cache_dir
 from .artifact import ArtifactError
 from .decoding import TrieConstraint
 from .eval import tiebreak_keys, top_k
-from .generative import GenerativeRetriever
+from .generative import GenerativeRetriever, preference_pair
 from .training import TrainConfig, check_config
 
 PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
 PRUNE_MODES = ("none", "drop", "adaptive")
 ID_INITS = ("auto", "codebook", "content", "mean", "random")
+DPO_PAIR_RULES = ("all", "mistakes")
 CENTRE_PROMPTS = 256  # title prompts whose mean output state centres the "codebook" init
 
 
@@ -83,9 +84,12 @@ class SemanticConfig:
     indexing_examples: bool = True  # title -> ID for every product
     id_init: str = "auto"  # new ID-token rows: auto | codebook | content | mean | random (init_id_embeddings)
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
+    dpo_pairs: str = "all"  # which mined queries give a pair (DPO_PAIR_RULES; SemanticIDRetriever._pair)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
+        if self.dpo_pairs not in DPO_PAIR_RULES:
+            raise ValueError(f"dpo_pairs must be one of {', '.join(DPO_PAIR_RULES)}, got {self.dpo_pairs!r}")
         if self.prune is not None and self.prune not in PRUNE_MODES:
             raise ValueError(f"prune must be one of {', '.join(PRUNE_MODES)} (or None), got {self.prune!r}")
         if self.id_init not in ID_INITS:
@@ -361,10 +365,15 @@ class SemanticIDRetriever(GenerativeRetriever):
         self.model.eval()
 
     def _pair(self, hyps, relevant: dict) -> tuple[str, str, bool] | None:
-        """Chosen = the best beam that is a relevant product (else the gold ID of the
-        query's best-graded relevant product), rejected = the best beam that is a
-        non-relevant product; no pair without one."""
+        """``dpo_pairs="all"``: chosen = the best beam that is a relevant product (else the
+        gold ID of the query's best-graded relevant product), rejected = the best beam that
+        is a non-relevant product; no pair without one. ``"mistakes"``: the multispan rule
+        (:func:`preference_pair`): only a query whose top beam is not relevant and a lower
+        beam is gives a pair (that beam over the top one)."""
         beams = self.beams(hyps)[0]
+        if self.cfg.dpo_pairs == "mistakes":
+            pair = preference_pair(beams, [self.sids.item_ids[i] in relevant for i, _, _ in beams])
+            return None if pair is None else (self.id_text(pair[0][0]), self.id_text(pair[1][0]), True)
         chosen = next((i for i, _, _ in beams if self.sids.item_ids[i] in relevant), None)
         rejected = next((i for i, _, _ in beams if self.sids.item_ids[i] not in relevant), None)
         if rejected is None:

@@ -111,3 +111,12 @@ def test_same_seed_same_model_and_the_callers_rng_is_left_alone(synthetic):
     a, b = (MultispanRetriever(stage="sft", **cfg).fit(synthetic) for _ in range(2))
     assert torch.equal(torch.get_rng_state(), state)
     assert weights_fingerprint(a.model) == weights_fingerprint(b.model)
+
+
+def test_preference_pair_corrects_ranking_mistakes():
+    from genret.generative import preference_pair
+
+    hyps = ["a", "b", "c", "d"]  # best first
+    assert preference_pair(hyps, [False, False, True, True]) == ("c", "a")
+    assert preference_pair(hyps, [True, False, True, False]) is None   # already right
+    assert preference_pair(hyps, [False] * 4) is None                  # nothing to prefer

@@ -5,7 +5,7 @@ import pytest
 
 from fm_index import FMIndex
 from genret.decoding import FMIndexSpanConstraint, Hypothesis
-from genret.lexical import choose_spans, norm_word, preference_pair, score_products, span_weights
+from genret.lexical import choose_spans, norm_word, score_products, span_weights
 
 # token ids: each "word" is one token here (every token starts a word)
 TITLES = [[10, 11, 12, 13],   # doc 0: "ryobi cordless drill 20v"
@@ -106,13 +106,6 @@ def test_span_weights_follow_seal(index):
     # the cap on P(n|q) bounds the weight of spans most beams share
     capped = span_weights(hyps, c, index.n_tokens, prob_cap=0.5)
     assert capped[(11, 12)] == pytest.approx(seal(0.5, 1)) and capped[(15,)] == w[(15,)]
-
-
-def test_preference_pair_corrects_ranking_mistakes():
-    hyps = ["a", "b", "c", "d"]  # best first
-    assert preference_pair(hyps, [False, False, True, True]) == ("c", "a")
-    assert preference_pair(hyps, [True, False, True, False]) is None   # already right
-    assert preference_pair(hyps, [False] * 4) is None                  # nothing to prefer
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -254,6 +254,33 @@ def test_dpo_mines_pairs_from_own_beams(trained, tiny, tmp_path):
     assert len(run["q"].ids) == 5
 
 
+def test_dpo_pair_rules(trained, tiny):
+    """"all" pairs every query with a wrong beam (the gold ID when no beam is right);
+    "mistakes" only a query whose top beam is wrong and a lower beam right."""
+    import dataclasses
+
+    r, _ = trained
+    hyps = r.decode([tiny.queries[tiny.split("train")[0]]])[0]
+    beams = r.beams(hyps)[0]
+    ids = [r.sids.item_ids[i] for i, _, _ in beams]
+    text = [r.id_text(i) for i, _, _ in beams]
+    outside = next(p for p in r.sids.item_ids if p not in ids)
+    rules = {rule: dataclasses.replace(r.cfg, dpo_pairs=rule) for rule in ("all", "mistakes")}
+    cases = {"top right": {ids[0]: 3}, "third right": {ids[2]: 3}, "none right": {outside: 3}}
+    want = {("all", "top right"): (text[0], text[1], True), ("all", "third right"): (text[2], text[0], True),
+            ("all", "none right"): (r.id_text(r.index[outside]), text[0], False),
+            ("mistakes", "top right"): None, ("mistakes", "third right"): (text[2], text[0], True),
+            ("mistakes", "none right"): None}
+    try:
+        for (rule, case), pair in want.items():
+            r.cfg = rules[rule]
+            assert r._pair(hyps, cases[case]) == pair, (rule, case)
+    finally:
+        r.cfg = rules["all"]
+    with pytest.raises(ValueError, match="dpo_pairs must be one of all, mistakes"):
+        dataclasses.replace(r.cfg, dpo_pairs="best")
+
+
 def test_dpo_sft_weight_raises_the_chosen_ids_likelihood(trained, tiny, tmp_path):
     """dpo_sft_weight adds the chosen answer's NLL (RPO): the chosen IDs' log-probability
     gains more than under plain DPO from the same start on the same pairs. (Each run

@@ -125,6 +125,17 @@ def test_bad_synth_options_are_clear():
                                                            "diversity": 0.5, "form": 0.5}
 
 
+def test_rewriter_keeps_its_measured_dpo_learning_rate():
+    """The rewriter's DPO runs at 5e-4 (measured on the embedded LM) while the retrievers'
+    default is MiniLM's 5e-5; a train block that does not name it keeps 5e-4."""
+    from genret.training import TrainConfig
+
+    assert TrainConfig().dpo_learning_rate == 5e-5
+    assert synth_config().train.dpo_learning_rate == 5e-4
+    assert synth_config(train={"max_steps": 3}).train.dpo_learning_rate == 5e-4
+    assert synth_config(train={"dpo_learning_rate": 1e-5}).train.dpo_learning_rate == 1e-5
+
+
 # ----------------------------------------------------------------------------- extra pairs
 
 def _write_pairs(path, rows, header=("query", "product_id", "grade")):

@@ -246,7 +246,8 @@ def test_fit_on_another_dataset_into_the_same_work_dir(synthetic, tmp_path, caps
 
 
 def test_default_trainer_settings_are_the_ones_genret_always_used(tmp_path):
-    """Configs without ``trainer`` train as before and keep their run keys (resume)."""
+    """Configs without ``trainer`` train as before and keep their run keys (resume); the DPO
+    learning rate default is the MiniLM dev choice (5e-5) since session 9."""
     from genret.training import TrainConfig, trainer_settings
 
     common = dict(output_dir=str(tmp_path), num_train_epochs=1.0, max_steps=-1, per_device_train_batch_size=32,
@@ -257,7 +258,7 @@ def test_default_trainer_settings_are_the_ones_genret_always_used(tmp_path):
                   save_only_model=False)
     assert trainer_settings(TrainConfig(), "sft", tmp_path) == dict(common, completion_only_loss=True, packing=False)
     dpo = trainer_settings(TrainConfig(dpo_sft_weight=0.5), "dpo", tmp_path)
-    assert dpo == dict(common, num_train_epochs=1.0, per_device_train_batch_size=16, learning_rate=5e-4, beta=0.1,
+    assert dpo == dict(common, num_train_epochs=1.0, per_device_train_batch_size=16, learning_rate=5e-5, beta=0.1,
                        loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
 
 

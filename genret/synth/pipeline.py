@@ -27,6 +27,7 @@ from .rewards import (REWARDS, agreement, combined_reward, diversity, filter_pro
 
 PROMPT = "<|query|> {query}<|query|>"  # the rewrite continues like a query of pretraining
 PAIR_COLUMNS = ("query", "product_id", "grade", "rewrite", "channels", "score", "reward")
+REWRITER_DPO_LR = 5e-4  # the rewriter's DPO learning rate (measured on the embedded LM; TrainConfig's default is MiniLM's)
 
 
 @dataclass
@@ -65,11 +66,11 @@ class SynthConfig:
     shift_sample: int = 2000  # real queries embedded for the shift check
     compare_sft: bool = True  # with DPO, also score the SFT rewriter on the same queries
     seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(dpo_learning_rate=REWRITER_DPO_LR))
 
     def __post_init__(self) -> None:
         if isinstance(self.train, dict):
-            self.train = TrainConfig(**self.train)
+            self.train = TrainConfig(**{"dpo_learning_rate": REWRITER_DPO_LR, **self.train})
         if isinstance(self.channels, str):
             self.channels = [c.strip() for c in self.channels.split(",") if c.strip()]
         if self.decoding not in ("sample", "beam"):
