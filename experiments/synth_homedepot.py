@@ -8,6 +8,8 @@ compare on the test split, overall and per bucket.
     .venv/bin/python experiments/synth_homedepot.py --out results/synth-tiny --preset tiny \\
         --queries 20 --candidates 4 --dpo-queries 20 --max-test-queries 100 \\
         --max-train-queries 400 --n-products 3000 --dense-steps 10
+    # the rewriter on the pretrained MiniLM prefix-LM (LoRA)
+    .venv/bin/python experiments/synth_homedepot.py --out results/synth-minilm --backbone minilm
 
 Writes ``OUT/synth/`` (pairs.tsv, candidates.tsv, report.json, synth.png), and through the
 comparison harness ``OUT/metrics.json``, ``table.md``, ``table.csv``, TREC runs and plots
@@ -38,7 +40,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/synth")
     p.add_argument("--data", default=None)
     p.add_argument("--preset", default="small", help="embedded backbone size (tiny, small)")
-    p.add_argument("--backbone", help="rewriter backbone directory (default: the embedded one)")
+    p.add_argument("--backbone", help="rewriter backbone: minilm, an HF directory or a saved rewriter "
+                   "(default: the embedded LM)")
+    p.add_argument("--tuning", choices=["full", "lora"],
+                   help="rewriter SFT/DPO: full fine-tuning (default for the embedded LM) or LoRA (default otherwise)")
     p.add_argument("--channels", default="bm25-stem,dense-zeroshot")
     p.add_argument("--queries", type=int, default=300, help="train queries to rewrite, tail first")
     p.add_argument("--candidates", type=int, default=8)
@@ -68,7 +73,8 @@ def main(argv=None) -> int:
     scfg = synth_config(backbone=backbone, channels=args.channels, queries=args.queries,
                         candidates=args.candidates, dpo_queries=args.dpo_queries,
                         sft_pairs=args.sft_pairs, seed=args.seed,
-                        train={"full": True, "epochs": args.sft_epochs})
+                        train={"full": (args.tuning or ("lora" if args.backbone else "full")) == "full",
+                               "epochs": args.sft_epochs})
     claim_results_dir(out)  # compare refuses a folder it did not claim, after a 30-min synthesis
     report = synthesize(ds, scfg, out / "synth")
     dense = {"max_steps": args.dense_steps, "seed": args.seed}
