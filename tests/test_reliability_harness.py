@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -301,3 +302,14 @@ def test_write_trec_refuses_ids_the_format_cannot_hold(tmp_path):
         bad.write_trec(f)
     assert Run.read_trec(f)["q1"].ids == ["p1"]  # the old file is intact, no temp file left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.trec"]
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("experiments/*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_config_is_valid(path, tmp_path):
+    """The committed configs parse and every fitted row's params and fit: settings are
+    accepted (a typo in a long run's config would otherwise surface hours into it)."""
+    from genret.harness import check_row
+
+    cfg = CompareConfig.from_yaml(path)
+    for row in cfg.retrievers:
+        check_row(row, tmp_path)
