@@ -224,6 +224,31 @@ def _tied_head_bias_compat():
         W._hasattr_wrapped, W._getattr_wrapped = orig_has, orig_get
 
 
+@contextlib.contextmanager
+def _score_labelled_positions_only():
+    """Let trl's fused LM head score only the positions that carry a label, on CPU too.
+
+    trl (1.16) scores only labelled positions on Triton devices, and *every* position
+    elsewhere (fixed tile shapes for compilers such as Neuron's). On CPU nothing is
+    compiled, and with a completion-only loss most positions are prompt or padding (a
+    semantic-ID example: a title prompt, then 3-4 ID tokens), so the output layer, a third
+    to a half of a MiniLM step, mostly computes values that are then zeroed. Exact: those
+    positions contribute zero either way. Scoped to one training call; a no-op if trl's
+    layout differs.
+    """
+    try:
+        import trl.trainer.utils as tu
+        orig = tu._use_triton
+    except (ImportError, AttributeError):
+        yield
+        return
+    tu._use_triton = lambda device: device.type == "cpu" or orig(device)
+    try:
+        yield
+    finally:
+        tu._use_triton = orig
+
+
 def _plain_forward(model):
     """Drop the instance ``forward`` the trainer stack leaves on a trained model (a closure
     over the original object): with it, ``copy.deepcopy(model)`` silently runs the
@@ -427,7 +452,8 @@ def sft(model, tokenizer, examples: list[tuple[list[int], list[int]]], out_dir: 
                          peft_config=None if cfg.full else _lora(model, cfg, trainable_tokens))
     if cfg.full and trainable_tokens:
         model.get_input_embeddings().weight.requires_grad_(True)
-    with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext():
+    with _tied_head_bias_compat() if trainable_tokens else contextlib.nullcontext(), \
+            _score_labelled_positions_only():
         train_resumable(trainer, resume)
     trained = trainer.model
     return _plain_forward(trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained)
@@ -452,5 +478,6 @@ def dpo(model, tokenizer, pairs: list[dict], out_dir: str | os.PathLike, cfg: Tr
     trainer = DPOTrainer(model=model, ref_model=None, args=args,
                          train_dataset=HFDataset.from_list(pairs), processing_class=tokenizer,
                          peft_config=_lora(model, cfg, None))
-    train_resumable(trainer, resume)
+    with _score_labelled_positions_only():
+        train_resumable(trainer, resume)
     return _plain_forward(trainer.model.merge_and_unload())

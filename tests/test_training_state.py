@@ -315,3 +315,27 @@ def test_fit_gives_the_caller_back_its_random_state(synthetic):
     torch.manual_seed(7), np.random.seed(7), random.seed(7)
     assert torch.equal(after[0], torch.rand(3)) and np.array_equal(after[1], np.random.rand(3))
     assert after[2] == random.random()
+
+
+def test_the_lm_head_scores_only_labelled_positions_and_trains_the_same(tiny, tmp_path, monkeypatch):
+    """On CPU trl's fused head would score every position (prompt and padding too); genret
+    has it score only the labelled ones, and the trained weights are the same."""
+    import contextlib
+
+    import trl.trainer.utils as tu
+
+    import genret.training as gt
+
+    rows = []
+    apply = tu._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(tu._ChunkedLogProbFunction, "apply", lambda hidden, *a: rows.append(len(hidden))
+                        or apply(hidden, *a))
+    compact = train(tiny, tmp_path / "compact", full=True, max_steps=2)
+    scored, rows[:] = list(rows), []
+    monkeypatch.setattr(gt, "_score_labelled_positions_only", contextlib.nullcontext)
+    every = train(tiny, tmp_path / "every", full=True, max_steps=2)
+    _, _, ex = tiny
+    labelled = sum(len(c) + 1 for _, c in ex[:8])  # the first batch's completions and their EOS
+    assert scored[0] == labelled and all(s < r for s, r in zip(scored, rows))  # same batches (seeded)
+    assert compact.keys() == every.keys()
+    assert all(torch.allclose(compact[k], every[k], atol=1e-6) for k in compact)
