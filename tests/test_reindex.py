@@ -18,11 +18,13 @@ NEW_ID = "new-00001"
 NEW_TITLE = "Weber galvanized copper matte Shower Head M999Z"  # a combination no synthetic title has
 
 
-def churned(ds: Dataset, new_title: str, n_removed: int = 5) -> tuple[Dataset, list[str]]:
-    """``ds`` with ``n_removed`` labelled products (and their labels) removed and one new
-    product ``NEW_ID`` titled ``new_title`` added; returns it and the removed ids."""
-    labelled = sorted({p for rel in ds.qrels.values() for p in rel})
-    removed = labelled[:: max(1, len(labelled) // n_removed)][:n_removed]
+def churned(ds: Dataset, new_title: str, n_removed: int = 5,
+            remove: tuple[str, ...] = ()) -> tuple[Dataset, list[str]]:
+    """``ds`` with ``n_removed`` products (and their labels) removed, ``remove`` first and then
+    labelled ones, and one new product ``NEW_ID`` titled ``new_title`` added; returns it and
+    the removed ids."""
+    labelled = sorted({p for rel in ds.qrels.values() for p in rel} - set(remove))
+    removed = [*remove, *labelled[:: max(1, len(labelled) // n_removed)]][:n_removed]
     catalog = {p: t for p, t in ds.catalog.items() if p not in removed} | {NEW_ID: new_title}
     qrels = {q: {p: g for p, g in rel.items() if p not in removed} for q, rel in ds.qrels.items()}
     return Dataset(ds.name + "-churned", catalog, ds.queries, qrels, ds.threshold, ds.query_split), removed
@@ -107,10 +109,13 @@ def small():
     return synthetic_dataset(n_products=150, n_queries=120)
 
 
-def variant(r, ds: Dataset, **search) -> tuple[Dataset, list[str]]:
+def variant(r, ds: Dataset, relist: bool = False, **search) -> tuple[Dataset, list[str]]:
+    """The churned ``ds`` whose new product has the title of a product ``r`` finds by its
+    title (its *twin*); ``relist``: the twin is removed (the first removed id), as when a
+    product is listed again under a new id."""
     run = r.search(dict(ds.catalog), k=3, **search)
     twin = next(p for p in sorted(ds.catalog) if p in run[p].ids)
-    return churned(ds, ds.catalog[twin])
+    return churned(ds, ds.catalog[twin], remove=(twin,) if relist else ())
 
 
 def test_multispan(small, tmp_path):
@@ -134,12 +139,18 @@ def test_semantic_id(small, tmp_path):
     r = SemanticIDRetriever(stage="sft", levels=3, codebook=8, preset="tiny", num_beams=10,
                             train={"epochs": 20, "full": True, "progress": False, "batch_size": 8,
                                    "learning_rate": 1e-2}).fit(small, out_dir=str(tmp_path / "work"))
-    after, removed = variant(r, small, prompt=TITLE_PROMPT)
+    # relisted: a new id for the title of a removed product gets that title's codes from the
+    # frozen quantiser, so the ID the model learned for it. (A new title that collides with a
+    # kept product's gets a distinct ID, test_semantic_ids_reindex_freezes_codebooks_and_pruning;
+    # whether the model then ranks the unseen disambiguation token is the churn experiment's
+    # question, docs/results.md, not one a 2-layer model answers reliably.)
+    after, removed = variant(r, small, relist=True, prompt=TITLE_PROMPT)
     old = {p: r.sids.ids[i].tolist() for i, p in enumerate(r.sids.item_ids)}
     n_tokens = len(r.tokenizer)
     check_reindex(r, small, after, removed, tmp_path / "m", k=10)
     ids = {p: r.sids.ids[i].tolist() for i, p in enumerate(r.sids.item_ids)}
     assert all(ids[p] == old[p] for p in after.catalog if p != NEW_ID)  # old products keep their IDs
+    assert ids[NEW_ID] == old[removed[0]]
     assert not set(removed) & set(ids) and len({tuple(v) for v in ids.values()}) == len(ids)
     assert r.sids.info["reindexed"] == {"added": 1, "removed": len(removed), "kept": len(ids) - 1}
     assert len(r.tokenizer) - n_tokens == r.info["id_tokens_added_by_reindex"]
