@@ -112,7 +112,7 @@ def main() -> None:
     init = str(sft_model) if args.stage == "dpo" and sft_model.is_dir() else None
     r = SemanticIDRetriever(stage=args.stage, init=init, sid=str(out / f"sid-{args.prune}"), backbone=str(backbone),
                             preset="small", num_beams=args.beams, dpo_queries=args.dpo_queries, id_init=args.id_init,
-                            train=train_cfg)
+                            dpo_pairs="all", train=train_cfg)
     r.fit(ds, out_dir=str(out / f"work-{args.prune}-{args.stage}"), progress=True)
     fit_s = time.perf_counter() - t0
     r.save(out / f"model-{args.prune}-{args.stage}")

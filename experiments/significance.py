@@ -4,7 +4,9 @@ sign-flip test, `genret.eval.paired_test`), overall and on the tail bucket.
     python experiments/significance.py --run results/homedepot --metric R@50 \\
         gr-sid-adaptive-sft:gr-sid-sft gr-sid-drop-sft:gr-sid-sft gr-sid-dpo:gr-sid-sft
 
-Reads RUN/runs/<row>.trec and the dataset; writes RUN/significance-<metric>.json and prints a table.
+Reads RUN/runs/<row>.trec, the queries the comparison evaluated (RUN/metrics.json: a
+``max_queries`` sample when it had one) and the dataset; writes RUN/significance-<metric>.json
+and prints a table.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def main(argv=None) -> int:
     p.add_argument("pairs", nargs="+", help="A:B row names (A is compared with B)")
     p.add_argument("--run", required=True, help="a `genret compare` output directory")
     p.add_argument("--metric", default="R@100")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", help="the split (default: the comparison's)")
     p.add_argument("--data")
     p.add_argument("--resamples", type=int, default=10000)
     args = p.parse_args(argv)
@@ -36,8 +38,17 @@ def main(argv=None) -> int:
     missing = sorted({n for x in pairs for n in x if not (run_dir / "runs" / f"{n}.trec").exists()})
     if missing:
         p.error(f"no saved run for {missing} in {run_dir / 'runs'}; run `genret compare` first")
+    meta_file = run_dir / "metrics.json"
+    if not meta_file.exists():
+        p.error(f"no {meta_file}: run `genret compare` first")
+    meta = json.loads(meta_file.read_text())["meta"]
+    split = meta["config"]["split"]
+    if args.split and args.split != split:
+        p.error(f"{run_dir} was run on the {split} split, not {args.split}")
     ds = load_dataset(args.data)
-    qids = ds.split(args.split)
+    qids = meta.get("query_ids")  # the evaluated queries: all of the split, or the comparison's sample
+    if not qids:
+        p.error(f"{meta_file} does not list its queries (an older genret wrote it): re-run `genret compare`")
     buckets = ds.buckets()
     tail = [q for q in qids if buckets.get(q) == "tail"]
     cache: dict[str, dict[str, float]] = {}
@@ -56,7 +67,8 @@ def main(argv=None) -> int:
         for part, qs in (("overall", qids), ("tail", tail)):
             res[part] = paired_test([sa[q] for q in qs], [sb[q] for q in qs], args.resamples)
         rows.append(res)
-    (run_dir / f"significance-{args.metric}.json").write_text(json.dumps({"split": args.split, "rows": rows}, indent=1))
+    (run_dir / f"significance-{args.metric}.json").write_text(json.dumps(
+        {"split": split, "n_queries": len(qids), "rows": rows}, indent=1))
     print(f"| A | B | {args.metric} A | B | p | tail A | tail B | tail p |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         o, t = r["overall"], r["tail"]

@@ -36,7 +36,7 @@ PROMPT = "<|query|> {query}<|id|>"
 TITLE_PROMPT = "<|title|> {title}<|id|>"
 PRUNE_MODES = ("none", "drop", "adaptive")
 ID_INITS = ("auto", "codebook", "content", "mean", "random")
-DPO_PAIR_RULES = ("all", "mistakes")
+DPO_PAIR_RULES = ("mistakes", "all")
 CENTRE_PROMPTS = 256  # title prompts whose mean output state centres the "codebook" init
 
 
@@ -84,7 +84,7 @@ class SemanticConfig:
     indexing_examples: bool = True  # title -> ID for every product
     id_init: str = "auto"  # new ID-token rows: auto | codebook | content | mean | random (init_id_embeddings)
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
-    dpo_pairs: str = "all"  # which mined queries give a pair (DPO_PAIR_RULES; SemanticIDRetriever._pair)
+    dpo_pairs: str = "mistakes"  # which mined queries give a pair (SemanticIDRetriever._pair); dev choice
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):

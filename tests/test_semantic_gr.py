@@ -277,7 +277,7 @@ def test_dpo_pair_rules(trained, tiny):
             assert r._pair(hyps, cases[case]) == pair, (rule, case)
     finally:
         r.cfg = rules["all"]
-    with pytest.raises(ValueError, match="dpo_pairs must be one of all, mistakes"):
+    with pytest.raises(ValueError, match="dpo_pairs must be one of mistakes, all"):
         dataclasses.replace(r.cfg, dpo_pairs="best")
 
 
