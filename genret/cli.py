@@ -127,6 +127,8 @@ def cmd_compare(args) -> int:
     from .harness import CompareConfig, claim_results_dir, compare
 
     cfg = CompareConfig.from_yaml(args.config)
+    if args.only:
+        cfg = cfg.only([n.strip() for n in args.only.split(",") if n.strip()])
     cfg.data = args.data or cfg.data
     claim_results_dir(args.out)  # a busy or user-owned --out fails before the data loads
     try:
@@ -442,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="reuse the saved runs of rows whose config is unchanged (e.g. after adding a row "
                         "or a crash); re-run the others")
+    p.add_argument("--only", metavar="ROW,ROW", help="run only these rows of the config (and the fusions "
+                   "of them); with --resume a later run reuses them")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="re-render a finished comparison from its saved runs (no retraining)")

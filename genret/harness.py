@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,24 @@ class CompareConfig:
         if not raw["retrievers"]:
             raise ValueError(f"{path}: lists no retrievers")
         return cls(**raw)
+
+    def only(self, names: list[str]) -> "CompareConfig":
+        """This config with only the rows ``names`` (in the config's order) and the fusions
+        whose members are all among them: a long comparison run a part at a time (with
+        ``--resume``, the rows a part ran are reused by the next)."""
+        rows = {r.name for r in self.retrievers}
+        unknown = [n for n in names if n not in rows]
+        if unknown:
+            raise ValueError(f"--only: {', '.join(unknown)} is not a retriever row of config "
+                             f"{self.name!r} (its rows: {', '.join(sorted(rows))})")
+        keep = set(names)
+        fusion = []
+        for fu in self.fusion:
+            if set(fu.members) <= keep:
+                fusion.append(fu)
+                keep.add(fu.name)
+        return replace(self, retrievers=[r for r in self.retrievers if r.name in keep],
+                                   fusion=fusion)
 
 
 def _sample(qids: list[str], n: int | None, seed: int) -> list[str]:

@@ -107,6 +107,27 @@ def test_compare_resume_reuses_unchanged_rows_only(synthetic_dir, tmp_path, caps
     assert main(args) == 0 and reused()[0] == set()  # without --resume everything re-runs
 
 
+def test_compare_only_runs_the_named_rows_and_their_fusions(synthetic_dir, tmp_path, capsys):
+    cfg, out = tmp_path / "c.yaml", tmp_path / "out"
+    cfg.write_text("name: t\nsplit: test\nk: 100\nretrievers:\n  - name: bm25\n  - name: bm25-stem\n"
+                   "  - name: other\n    retriever: bm25\n    params: {k1: 0.9}\n"
+                   "fusion:\n  - name: rrf\n    members: [bm25, bm25-stem]\n"
+                   "  - name: rrf-other\n    members: [bm25, other]\n")
+    args = ["compare", "--config", str(cfg), "--data", str(synthetic_dir), "--out", str(out)]
+    assert main(args + ["--only", "bm25-stem,bm25"]) == 0
+    names = [e["name"] for e in json.loads((out / "metrics.json").read_text())["retrievers"]]
+    assert names == ["bm25", "bm25-stem", "rrf"]  # config order; rrf-other lacks a member
+    assert not (out / "runs" / "other.trec").exists()
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0  # the whole config: the part already run is reused
+    err = capsys.readouterr().err
+    assert "bm25: reusing" in err and "bm25-stem: reusing" in err and "other: reusing" not in err
+    assert len(json.loads((out / "metrics.json").read_text())["retrievers"]) == 5
+    assert main(args + ["--only", "bm25,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--only: nope is not a retriever row" in err and len(err.splitlines()) == 1
+
+
 def test_compare_saved_model_rows_take_setting_overrides(synthetic_dir, tmp_path, capsys):
     first = tmp_path / "first"
     cfg = tmp_path / "c.yaml"

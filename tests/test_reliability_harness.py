@@ -311,5 +311,11 @@ def test_every_experiment_config_is_valid(path, tmp_path):
     from genret.harness import check_row
 
     cfg = CompareConfig.from_yaml(path)
+    seen = {}
     for row in cfg.retrievers:
-        check_row(row, tmp_path)
+        fresh = check_row(row, tmp_path)
+        # two rows with the same effective settings are a copy-paste slip, hours of CPU spent twice
+        what = repr([row.model, row.params, row.extra_pairs] if fresh is None else
+                    [fresh.kind, fresh.cfg, getattr(fresh, "init", None), row.extra_pairs])
+        assert what not in seen, f"{path.name}: rows {seen.get(what)!r} and {row.name!r} have the same settings"
+        seen[what] = row.name
