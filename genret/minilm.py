@@ -124,14 +124,15 @@ class _PrefixBertModel(BertModel):
         return out
 
     def _create_attention_masks(self, attention_mask, encoder_attention_mask, embedding_output,
-                                encoder_hidden_states, cache):
+                                encoder_hidden_states, cache, position_ids=None):
+        """BertModel's mask hook (transformers >= 5.25 passes ``position_ids``, earlier 5.x not)."""
         prefix = self._prefix
 
         def see_prompt(batch_idx, head_idx, q_idx, kv_idx):
             return kv_idx < prefix[batch_idx]
 
         mask = create_causal_mask(config=self.config, inputs_embeds=embedding_output,
-                                  attention_mask=attention_mask, cache=cache,
+                                  attention_mask=attention_mask, cache=cache, position_ids=position_ids,
                                   or_mask_function=see_prompt if prefix is not None else None)
         return mask, None
 
