@@ -555,3 +555,15 @@ def plot_results(entries: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         save(fig, "recall_vs_latency.png")
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(entries) + 2), 4.5))
+    width = 0.8 / (len(BUCKETS) + 1)
+    x = np.arange(len(entries))
+    for j, b in enumerate(("all",) + tuple(BUCKETS)):  # R@100 per query bucket, side by side per row
+        ax.bar(x + (j - len(BUCKETS) / 2) * width, [(e["metrics"] if b == "all" else e["buckets"][b])["R@100"]
+                                                    for e in entries], width, label=b)
+    ax.set_xticks(x, [e["name"] for e in entries], rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="R@100", title="R@100 by query bucket", ylim=(0, 1.12))
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, ncols=len(BUCKETS) + 1, loc="upper center")
+    fig.tight_layout()
+    save(fig, "recall_by_bucket.png")

@@ -50,7 +50,7 @@ def test_compare_writes_everything(synthetic_dir, tmp_path, capsys):
     for key in ("metrics", "buckets", "latency_ms_p50", "latency_ms_p95", "index_bytes", "fit_seconds"):
         assert key in e
     assert set(e["buckets"]) == {"head", "torso", "tail"}
-    for f in ("table.md", "table.csv", "recall_at_k.png", "runs/bm25.trec", "runs/rrf.trec"):
+    for f in ("table.md", "table.csv", "recall_at_k.png", "recall_by_bucket.png", "runs/bm25.trec", "runs/rrf.trec"):
         assert (out / f).stat().st_size > 0
     # `genret report` re-renders the same table from the saved runs, without retrievers
     table = (out / "table.md").read_text()
