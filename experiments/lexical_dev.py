@@ -5,7 +5,9 @@ scoring variants reuse the beams.
     python experiments/lexical_dev.py --model results/lexical/models/gr-multispan-sft \\
         --beams 10 20 --prob-caps 0.999999 0.99 0.9 0.5 --out results/lexical-dev
 
-Writes OUT/dev.json (metrics per setting, decode ms/query) and OUT/dev.md.
+Writes OUT/dev.json (metrics per setting, decode ms/query, and a paired randomisation test
+of each setting's per-query R@100 against the first setting's, overall and on the tail) and
+OUT/dev.md.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genret.data import load_dataset  # noqa: E402
-from genret.eval import Run, evaluate  # noqa: E402
+from genret.eval import Run, evaluate, paired_test, query_metrics  # noqa: E402
 from genret.lexical import MultispanRetriever  # noqa: E402
 
 
@@ -37,9 +41,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(args.data)
-    qids = ds.split("dev")[: args.queries]
+    qids = [q for q in ds.split("dev") if ds.relevant(q)][: args.queries]
+    tail = np.array([ds.buckets().get(q) == "tail" for q in qids])
     r = MultispanRetriever.load(args.model)
-    rows = []
+    rows, per_query = [], []
     for beams in args.beams:
         r.cfg.num_beams = beams
         t0 = time.perf_counter()
@@ -52,15 +57,19 @@ def main(argv=None) -> int:
                 ids, scores, _ = r._rank(hs, 1000)
                 run.add(q, ids, scores)
             res = evaluate(run, ds, qids)
+            per_query.append(np.array([query_metrics(run[q].ids, ds.relevant(q), ["R@100"])["R@100"] for q in qids]))
+            vs_first = {"p_R@100": paired_test(per_query[-1], per_query[0])["p_value"],
+                        "p_tail_R@100": paired_test(per_query[-1][tail], per_query[0][tail])["p_value"]}
             rows.append({"num_beams": beams, "max_occurrences": mo, "span_prob_cap": cap,
-                         "decode_ms_per_query": ms, **res["overall"], "tail": res["buckets"]["tail"]})
+                         "decode_ms_per_query": ms, **res["overall"], "tail": res["buckets"]["tail"],
+                         "vs_first": vs_first})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "tail"}), flush=True)
     (out / "dev.json").write_text(json.dumps({"model": args.model, "n_queries": len(qids), "rows": rows}, indent=1))
-    lines = ["| beams | max_occ | P(n|q) cap | R@10 | R@100 | R@1000 | MRR@10 | tail R@100 | decode ms/q |",
-             "|---" * 9 + "|"]
+    lines = ["| beams | max_occ | P(n|q) cap | R@10 | R@100 | R@1000 | MRR@10 | tail R@100 | decode ms/q "
+             "| p R@100 / tail vs row 1 |", "|---" * 10 + "|"]
     lines += [f"| {x['num_beams']} | {x['max_occurrences']} | {x['span_prob_cap']:g} | {x['R@10']:.4f} | {x['R@100']:.4f} | "
-              f"{x['R@1000']:.4f} | {x['MRR@10']:.4f} | {x['tail']['R@100']:.4f} | {x['decode_ms_per_query']:.0f} |"
-              for x in rows]
+              f"{x['R@1000']:.4f} | {x['MRR@10']:.4f} | {x['tail']['R@100']:.4f} | {x['decode_ms_per_query']:.0f} "
+              f"| {x['vs_first']['p_R@100']:.3f} / {x['vs_first']['p_tail_R@100']:.3f} |" for x in rows]
     (out / "dev.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

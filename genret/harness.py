@@ -339,6 +339,7 @@ _STALE = {"format": "it was saved by another genret (record format {old}, this o
           "protocol": "the protocol changed (split, k, sampling or seed)",
           "queries": "the evaluated queries changed",
           "row": "its config changed",
+          "settings": "its effective settings changed (a default of this genret differs)",
           "inputs": "its saved model, an input model or its extra pairs changed"}
 
 
@@ -371,15 +372,18 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
     ``out`` must be absent, empty or an earlier comparison (a user's folder is refused) and
     has one writer at a time (``out/compare.lock``). Each row's run and record are saved as
     soon as it finishes (``runs/<row>.trec``, ``runs/<row>.json``). ``resume``: reuse the
-    saved run of every row whose record matches (record format, row config and input
-    models, protocol, dataset fingerprint, threshold, evaluated queries) and whose run file
+    saved run of every row whose record matches (record format, row config, the effective
+    settings of a fitted row with every default filled in, input models, protocol, dataset
+    fingerprint, threshold, evaluated queries) and whose run file
     has its recorded lines and sha256 (fit time and latency are the saved ones); re-run the
     others, saying why."""
     out = Path(out)
     with _results_dir(out):
         (out / "runs").mkdir(exist_ok=True)
+        settings = {}  # a fitted row's effective config, defaults included: a changed default re-runs it
         for row in cfg.retrievers:  # a bad setting in any row fails before data loads or a row runs
-            check_row(row, out)
+            fresh = check_row(row, out)
+            settings[row.name] = None if fresh is None else json.loads(json.dumps(asdict(fresh.cfg), default=str))
         dataset = dataset or load_dataset(cfg.data)
         view, qids = prepare(cfg, dataset)
         base = {"format": RECORD_FORMAT, "protocol": {k: getattr(cfg, k) for k in PROTOCOL_KEYS},
@@ -389,7 +393,8 @@ def compare(cfg: CompareConfig, dataset: Dataset | None = None, out: str | Path 
         entries, files = [], {}
         for row in cfg.retrievers:
             path = out / "runs" / f"{row.name}.trec"
-            want = json.loads(json.dumps({**base, "row": asdict(row), "inputs": _inputs(row, out)}))
+            want = json.loads(json.dumps({**base, "row": asdict(row), "settings": settings[row.name],
+                                          "inputs": _inputs(row, out)}))
             saved = _saved_run(out, row.name, want) if resume else None
             if saved:
                 run, cost, files[row.name] = saved[0], saved[1]["cost"], saved[1]["run"]

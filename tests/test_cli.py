@@ -98,6 +98,13 @@ def test_compare_resume_reuses_unchanged_rows_only(synthetic_dir, tmp_path, caps
     assert main(args + ["--resume"]) == 0
     done, err = reused()
     assert done == {"bm25-stem"} and "reload: re-running it: its saved model" in err
+    # a row saved under other effective settings (a default that changed since) is re-run
+    saved = json.loads((out / "runs" / "bm25-stem.json").read_text())
+    saved["record"]["settings"]["k1"] = 1.5
+    (out / "runs" / "bm25-stem.json").write_text(json.dumps(saved))
+    assert main(args + ["--resume"]) == 0
+    done, err = reused()
+    assert done == {"bm25", "reload"} and "bm25-stem: re-running it: its effective settings changed" in err
     # runs saved without a record (an older genret kept only metrics.json) are re-run, saying so
     for f in (out / "runs").glob("*.json"):
         f.unlink()
