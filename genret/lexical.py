@@ -221,7 +221,7 @@ class MultispanConfig:
     indexing_examples: bool = True  # title fragments -> spans, one per product
     max_occurrences: int = 20000
     # cap on P(n|q) in the span weight (span_weights); dev, MiniLM SFT (experiments/lexical_dev.py,
-    # 1,000 queries): R@100 0.694 vs 0.689 at 1 - 1e-6 (p = 0.01), the 6.2M LM's choice
+    # 952 queries): R@100 0.694 vs 0.689 at 1 - 1e-6 (p = 0.01), the 6.2M LM's choice
     span_prob_cap: float = 0.99
     dpo_queries: int = 2000  # train queries whose beams are mined for preference pairs
     seed: int = 0
