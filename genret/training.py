@@ -261,6 +261,11 @@ def _plain_forward(model):
 
 KEY_FILE = "genret_run.json"  # in a trainer's out_dir: the key of the run its checkpoints belong to
 MODEL_CARD = "README.md"  # trl writes one into out_dir with every checkpoint
+# model-config fields that are no architecture: the Trainer itself rewrites the token ids (to the
+# tokenizer's, keyed apart) and use_cache while training, so a model saved after training and the
+# same weights reloaded from its finished checkpoint differ there (a DPO from either would restart)
+_NOT_ARCHITECTURE = ("_name_or_path", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
+                     "transformers_version")
 _UNKEYED = ("output_dir", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit")  # change no weight
 # what the HF Trainer writes into a checkpoint that resuming needs (any one pattern of each)
 _CHECKPOINT_FILES = {"weights": ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
@@ -306,7 +311,7 @@ def run_key(stage: str, settings: dict, data, model, tokenizer) -> dict:
 
     from .backbone import tokenizer_identity
 
-    arch = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    arch = {k: v for k, v in model.config.to_dict().items() if k not in _NOT_ARCHITECTURE}
     parts = {"stage": stage, "settings": {k: v for k, v in settings.items() if k not in _UNKEYED},
              "data": _digest(data), "weights": weights_fingerprint(model), "architecture": _digest(arch),
              "tokenizer": tokenizer_identity(tokenizer), "processes": int(os.environ.get("WORLD_SIZE", "1")),

@@ -61,6 +61,19 @@ def test_same_run_resumes_without_training(tiny, steps, tmp_path, capsys):
     assert "resuming sft from" in capsys.readouterr().err
 
 
+def test_config_fields_the_trainer_rewrites_do_not_restart_a_run(tiny, steps, tmp_path, capsys):
+    """A model saved after training (the Trainer set its token ids and use_cache) and the
+    same weights reloaded from a finished checkpoint are the same start for the next stage."""
+    from genret.backbone import load_backbone
+
+    first = train(tiny, tmp_path, full=True)
+    model = load_backbone(tiny[0])[0]
+    model.config.eos_token_id, model.config.use_cache = 12345, not model.config.use_cache
+    steps[0] = 0
+    again = train(tiny, tmp_path, full=True, model=model)
+    assert steps[0] == 0 and same(first, again) and "resuming sft from" in capsys.readouterr().err
+
+
 def test_other_learning_rate_starts_over(tiny, steps, tmp_path, capsys):
     first = train(tiny, tmp_path / "a")
     capsys.readouterr()
